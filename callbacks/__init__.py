@@ -1,0 +1,1 @@
+"""Lightning callbacks: density histograms, dead-neuron resampling, reconstruction-score evals."""

@@ -1,0 +1,51 @@
+"""Feature-density histograms: log10(firing frequency) per feature over a window of training steps.
+
+A healthy run is bimodal (an ultralow cluster near 1e-7..1e-6, a main mode near 1e-5..1e-3).
+Logged to W&B as a `wandb.Histogram` and saved as a PNG in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from sae.metrics import density_summary, log10_density
+from sae.plots import plot_density_histogram
+
+
+class FeatureDensityCallback(L.Callback):
+    def __init__(self, window_steps: int, plot_dir: str | Path):
+        self.window_steps = window_steps
+        self.plot_dir = Path(plot_dir)
+        self.last_summary: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.window_steps == 0:
+            self._close_window(trainer, pl_module, final=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if int(pl_module.window_tokens) > 0:
+            self._close_window(trainer, pl_module, final=True)
+
+    def _close_window(self, trainer, pl_module, final: bool) -> None:
+        counts, tokens = pl_module.reset_density_window()
+        log_density = log10_density(counts, tokens)
+        summary = density_summary(counts, tokens)
+        self.last_summary = summary
+        step = trainer.global_step
+        path = plot_density_histogram(
+            log_density.numpy(), self.plot_dir / ("density.png" if final else f"density_step{step:07d}.png"),
+            title=f"feature density over {tokens:,} tokens (step {step})",
+        )
+        metrics = {f"density/{k}": v for k, v in summary.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.experiment.log(
+                    {"density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
+                     "density/histogram_png": wandb.Image(str(path)), "trainer/global_step": step}
+                )

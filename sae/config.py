@@ -1,0 +1,227 @@
+"""Typed Hydra configs: one dataclass per swappable part, so a bad value fails at start-up with its field name.
+
+`register_configs()` stores them as schemas; `conf/*.yaml` fill them in. Range checks live in
+`__post_init__`, which runs when `OmegaConf.to_object` builds the objects (see `to_objects`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    # "embedded:smollm2" (packaged, offline), a hub name ("distilgpt2", "gpt2"), or a local HF directory.
+    name: str = MISSING
+    alias: str = MISSING  # short name used in run directories, e.g. "smollm2"
+    layer: int = MISSING
+    # Hook point inside the block: "hook_mlp_out" (MLP output) or "mlp.hook_post" (MLP neurons after the nonlinearity).
+    hook: str = "hook_mlp_out"
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.layer >= 0, f"model.layer={self.layer} must be >= 0 (a block index).")
+        _require(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r}: use float32 or bfloat16.")
+
+
+@dataclass
+class DataConfig:
+    # "wiki_offline" (packaged Wikipedia intros), "hf" (a hub dataset), "local" (text/json/jsonl files).
+    source: str = MISSING
+    alias: str = MISSING  # short name used in run directories, e.g. "wiki"
+    path: Optional[str] = None  # hub dataset name for "hf"
+    name: Optional[str] = None  # hub dataset config name
+    split: str = "train"
+    files: list[str] = field(default_factory=list)  # for "local"
+    format: str = "text"  # "text" | "json" (jsonl too) for "local"
+    text_column: str = "text"
+    streaming: bool = True
+    context_length: int = 128
+    # Every `holdout_every`-th document is held out for evaluation and never trained on.
+    holdout_every: int = 20
+
+    def __post_init__(self) -> None:
+        sources = ("wiki_offline", "hf", "local")
+        _require(self.source in sources, f"data.source={self.source!r}: choose one of {sources}.")
+        _require(self.context_length >= 2, f"data.context_length={self.context_length} must be >= 2 (BOS + a token).")
+        _require(self.holdout_every >= 2, f"data.holdout_every={self.holdout_every} must be >= 2.")
+        if self.source == "hf":
+            _require(bool(self.path), "data.path is empty: name the hub dataset, e.g. data.path=monology/pile-uncopyrighted.")
+        if self.source == "local":
+            _require(bool(self.files), "data.files is empty: give the text or jsonl files, e.g. data.files=[corpus.txt].")
+            _require(self.format in ("text", "json"), f"data.format={self.format!r}: use text or json.")
+
+
+@dataclass
+class ActivationsConfig:
+    # Cache harvested activations on disk and train from the cache (several shuffled passes if needed).
+    # With cache=false, training streams fresh activations through the shuffle buffer instead.
+    cache: bool = True
+    cache_dir: str = "${oc.env:SAE_CACHE_DIR,${oc.env:HOME}/.cache/sae}/activations"
+    n_tokens: int = 500_000  # tokens harvested into the cache
+    shard_tokens: int = 131_072
+    buffer_tokens: int = 65_536  # shuffle buffer size (tokens from many contexts mixed)
+    harvest_batch_size: int = 32  # contexts per model forward
+    dtype: str = "float16"  # storage dtype of the cache
+
+    def __post_init__(self) -> None:
+        _require(self.n_tokens > 0, f"activations.n_tokens={self.n_tokens} must be > 0.")
+        _require(self.buffer_tokens > 0, f"activations.buffer_tokens={self.buffer_tokens} must be > 0.")
+        _require(self.dtype in ("float16", "float32"), f"activations.dtype={self.dtype!r}: use float16 or float32.")
+
+
+@dataclass
+class ResampleConfig:
+    enabled: bool = True
+    steps: list[int] = field(default_factory=lambda: [25_000, 50_000, 75_000, 100_000])
+    # Scale `steps` and `dead_window` to the run's length when it is shorter than the paper's ~1M steps.
+    scale_to_run: bool = True
+    reference_steps: int = 1_000_000
+    dead_window: int = 12_500
+    n_inputs: int = 819_200
+    encoder_scale: float = 0.2
+
+
+@dataclass
+class SAEConfig:
+    # "anthropic_2023": unit-norm decoder + resampling; "anthropic_2024": decoder-norm-weighted L1.
+    recipe: str = "anthropic_2023"
+    expansion: int = 8
+    l1_coefficient: float = 3e-4
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    batch_size: int = 4096
+    tokens: int = 2_000_000_000  # training token budget; steps = tokens // batch_size
+    dtype: str = "float32"  # "float32" or "bf16" (bf16 autocast)
+    unit_norm_decoder: bool = True
+    l1_weighted_by_decoder_norm: bool = False
+    sum_squared_error: bool = False  # 2024: ||x - x̂||² summed over dims; 2023: mean
+    scale_inputs: bool = False  # 2024: scale inputs so that E||x|| = sqrt(d)
+    b_dec_init: str = "geometric_median"  # or "zeros"
+    init_decoder_norm: Optional[float] = None  # 2024: 0.1, with W_enc = W_dec^T
+    l1_warmup_fraction: float = 0.0
+    lr_decay_fraction: float = 0.0
+    grad_clip: Optional[float] = None
+    resample: ResampleConfig = field(default_factory=ResampleConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.expansion <= 1024, f"sae.expansion={self.expansion} must be between 1 and 1024 (the paper used 1x-256x).")
+        _require(self.l1_coefficient >= 0, f"sae.l1_coefficient={self.l1_coefficient} must be >= 0.")
+        _require(self.lr > 0, f"sae.lr={self.lr} must be > 0.")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"sae.betas={self.betas} must be two numbers in [0, 1).")
+        _require(self.batch_size > 0, f"sae.batch_size={self.batch_size} must be > 0.")
+        _require(
+            self.tokens >= self.batch_size,
+            f"sae.tokens={self.tokens} is smaller than one batch (sae.batch_size={self.batch_size}): "
+            "raise sae.tokens or lower sae.batch_size.",
+        )
+        _require(self.dtype in ("float32", "bf16"), f"sae.dtype={self.dtype!r}: use float32 or bf16.")
+        _require(self.b_dec_init in ("geometric_median", "zeros"), f"sae.b_dec_init={self.b_dec_init!r}: use geometric_median or zeros.")
+        _require(0 <= self.l1_warmup_fraction < 1, f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1).")
+        _require(0 <= self.lr_decay_fraction <= 1, f"sae.lr_decay_fraction={self.lr_decay_fraction} must be in [0, 1].")
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: int = 1
+    log_every_n_steps: int = 50
+    # The density histogram and the dead/ultralow fractions are computed over this many steps.
+    density_window_steps: int = 500
+    checkpoint_every_n_steps: int = 500
+    # Language-model CE evaluation (reconstruction score) every N steps; 0 = only at the end.
+    eval_every_n_steps: int = 0
+    eval_tokens: int = 4096
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"  # "wandb" | "csv"
+    project: str = "sae"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    # "online", "offline", "disabled", or "auto": online when logged in to W&B, else offline.
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("wandb", "csv"), f"logger.kind={self.kind!r}: use wandb or csv.")
+        _require(self.mode in ("auto", "online", "offline", "disabled"), f"logger.mode={self.mode!r}: use auto, online, offline or disabled.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    sae: SAEConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = MISSING
+    run_name: str = MISSING
+    sweep: Optional[Any] = None  # filled by `+sweep=NAME`; read by the sweep report
+
+
+def _sci(value: float) -> str:
+    """3e-4 rather than 0.0003 in run names."""
+    mantissa, exponent = f"{float(value):.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _si(value: int) -> str:
+    """5M, 2B, 500k in run names."""
+    value = int(value)
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if value >= size:
+            return f"{value / size:g}{unit}"
+    return str(value)
+
+
+def _slug(value: str) -> str:
+    return str(value).replace("/", "_").replace(":", "_")
+
+
+def register_configs() -> None:
+    """Schemas for Hydra's defaults lists and the resolvers that format run names."""
+    for name, fn in (("sci", _sci), ("si", _si), ("slug", _slug)):
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="sae", name="sae_schema", node=SAEConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+def to_objects(cfg: DictConfig, cls: type) -> Any:
+    """Build the dataclass (running its checks); re-raise OmegaConf's wrapped error as our own message."""
+    try:
+        return OmegaConf.to_object(cfg) if OmegaConf.get_type(cfg) is cls else cls(**OmegaConf.to_object(cfg))
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf wraps __post_init__ errors
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigError):
+            raise ConfigError(str(cause)) from None
+        raise

@@ -1,0 +1,1 @@
+"""Automated interpretability: records, explainers, simulators, scoring (Bills et al. 2023)."""

@@ -1,0 +1,94 @@
+"""LightningModule: one optimizer step of SAE training, the recipe's schedules, and feature-activity counters."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from sae.config import SAEConfig
+from sae.metrics import explained_variance
+from sae.model import SparseAutoencoder
+from sae.objective import sae_loss
+
+
+def l1_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
+    warmup = int(warmup_fraction * total_steps)
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
+def lr_decay_factor(step: int, total_steps: int, decay_fraction: float) -> float:
+    """1 until the last `decay_fraction` of steps, then linearly down to 0."""
+    decay_start = int((1 - decay_fraction) * total_steps)
+    if decay_fraction <= 0 or step < decay_start:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+
+
+class SAETrainingModule(L.LightningModule):
+    def __init__(self, sae: SparseAutoencoder, cfg: SAEConfig, log_every_n_steps: int = 50):
+        super().__init__()
+        self.sae = sae
+        self.cfg = cfg
+        self.log_every_n_steps = log_every_n_steps
+        n = sae.n_features
+        # Training state that must survive a resume: steps since each feature last fired (resampling),
+        # and firing counts over the current density window (histograms, dead/ultralow fractions).
+        self.register_buffer("steps_since_fired", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("window_fire_counts", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("window_tokens", torch.zeros((), dtype=torch.long))
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.total_steps
+
+    def l1_coefficient(self) -> float:
+        return self.cfg.l1_coefficient * l1_warmup_factor(self.global_step, self.total_steps, self.cfg.l1_warmup_fraction)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        terms = sae_loss(self.sae, batch, self.l1_coefficient(), self.cfg.l1_weighted_by_decoder_norm, self.cfg.sum_squared_error)
+        with torch.no_grad():
+            fired = terms.features > 0
+            fired_any = fired.any(dim=0)
+            self.steps_since_fired.add_(1).masked_fill_(fired_any, 0)
+            self.window_fire_counts.add_(fired.sum(dim=0))
+            self.window_tokens.add_(len(batch))
+        if self.global_step % self.log_every_n_steps == 0:
+            self._log_step(batch, terms, fired)
+        return terms.total
+
+    @torch.no_grad()
+    def _log_step(self, batch, terms, fired) -> None:
+        metrics = {
+            "train/loss": terms.total,
+            "train/reconstruction_loss": terms.reconstruction,
+            "train/l1_loss": terms.l1,
+            "train/l0": fired.float().sum(dim=1).mean(),
+            "train/explained_variance": explained_variance(batch.float(), terms.x_hat.float()),
+            "train/l1_coefficient": self.l1_coefficient(),
+            "train/lr": self.optimizers().param_groups[0]["lr"],
+        }
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False)
+        self.log("loss", terms.total, prog_bar=True, on_step=True, logger=False)
+        self.log("l0", metrics["train/l0"], prog_bar=True, on_step=True, logger=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.cfg.unit_norm_decoder:
+            self.sae.remove_parallel_decoder_grad_()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.cfg.unit_norm_decoder:
+            self.sae.normalize_decoder_()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_decay_factor(step, self.total_steps, self.cfg.lr_decay_fraction)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def reset_density_window(self) -> tuple[torch.Tensor, int]:
+        """Return (fire counts, tokens) of the window just ended and start a new one."""
+        counts, tokens = self.window_fire_counts.clone(), int(self.window_tokens)
+        self.window_fire_counts.zero_()
+        self.window_tokens.zero_()
+        return counts, tokens

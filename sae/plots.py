@@ -1,0 +1,28 @@
+"""PNG plots written into run directories (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_density_histogram(log10_density: np.ndarray, path: str | Path, title: str = "feature density") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(np.clip(log10_density, -10, 0), bins=np.linspace(-10, 0, 61), color="tab:blue")
+    ax.axvline(-6, color="tab:red", ls="--", lw=1, label="1e-6 (ultralow)")
+    ax.axvline(-5, color="tab:orange", ls="--", lw=1, label="1e-5")
+    ax.set_xlabel("log10(feature density + 1e-10)")
+    ax.set_ylabel("features")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

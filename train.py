@@ -1,0 +1,159 @@
+"""Train a sparse autoencoder on one hook of a language model.
+
+    python train.py                                  # embedded default: SmolLM2-135M + Wikipedia, offline
+    python train.py model=distilgpt2 data=pile       # the slides' set-up (needs the internet)
+    python train.py --multirun +sweep=smoke          # a sweep (see sweeps/)
+
+Running the same command again resumes an interrupted run from its last.ckpt, and skips a
+finished one. The run directory gets `sae/` (sae.safetensors + cfg.json), `checkpoints/`,
+`plots/`, `summary.json` and the W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.density import FeatureDensityCallback
+from sae.config import ConfigError, TrainConfig, register_configs, to_objects
+from sae.io import WEIGHTS, save_sae
+from sae.model import SparseAutoencoder, geometric_median
+from sae.module import SAETrainingModule
+from sae.lm import lazy_bridge
+from sae.progress import StepProgressBar
+from sae.run_logger import build_logger
+
+register_configs()
+
+SAMPLE_FOR_INIT = 8192
+
+
+def activation_batches(cfg: TrainConfig, bridge, seed: int):
+    """(batches factory for the datamodule, a sample of activations for initialisation)."""
+    from sae.activations import ShuffleBuffer, build_cache, harvest
+    from sae.datamodule import CachedBatches, StreamedBatches
+
+    sae_cfg = cfg.sae
+    if cfg.activations.cache:
+        cache = build_cache(bridge, cfg.model, cfg.data, cfg.activations, seed=seed)
+        factory = lambda start: CachedBatches(cache, sae_cfg.batch_size, sae_cfg.total_steps, seed, start)  # noqa: E731
+        return factory, cache.sample(SAMPLE_FOR_INIT, seed)
+
+    def stream():
+        return harvest(bridge(), cfg.model, cfg.data, cfg.activations.harvest_batch_size)
+
+    factory = lambda start: StreamedBatches(  # noqa: E731
+        stream, sae_cfg.batch_size, sae_cfg.total_steps, cfg.activations.buffer_tokens, seed, start
+    )
+    sample = next(iter(ShuffleBuffer(cfg.activations.buffer_tokens, seed)(stream())))[:SAMPLE_FOR_INIT]
+    return factory, sample
+
+
+def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
+    """Initialise as the recipe says: decoder norms, encoder tie, input scale, b_dec."""
+    s = cfg.sae
+    d_in = sample.shape[1]
+    sae = SparseAutoencoder(d_in, d_in * s.expansion)
+    sae.reset_parameters(decoder_norm=s.init_decoder_norm, tie_encoder=s.init_decoder_norm is not None and not s.unit_norm_decoder)
+    with torch.no_grad():
+        if s.scale_inputs:
+            sae.input_scale.fill_(d_in**0.5 / sample.norm(dim=1).mean().clamp_min(1e-12))
+        if s.b_dec_init == "geometric_median":
+            sae.b_dec.copy_(geometric_median(sample[:4096] * sae.input_scale))
+    return sae
+
+
+def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge) -> tuple[list[L.Callback], FeatureDensityCallback]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    density = FeatureDensityCallback(cfg.trainer.density_window_steps, run_dir / "plots")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
+    )
+    callbacks: list[L.Callback] = [density, checkpoint]
+    if cfg.trainer.progress_bar:
+        callbacks.append(StepProgressBar())
+    return callbacks, density
+
+
+def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
+    summary_path = run_dir / "summary.json"
+    if (run_dir / "sae" / WEIGHTS).exists() and summary_path.exists():
+        print(f"{run_dir} already holds a finished SAE; skipping (delete the directory to train again).")
+        return json.loads(summary_path.read_text())
+    L.seed_everything(cfg.sae.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+
+    bridge = lazy_bridge(cfg.model)
+    factory, sample = activation_batches(cfg, bridge, cfg.sae.seed)
+    sae = build_sae(cfg, sample)
+    module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
+
+    from sae.datamodule import ActivationDataModule
+
+    datamodule = ActivationDataModule(factory)
+    logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
+    callbacks, density = build_callbacks(cfg, run_dir, bridge)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        max_steps=cfg.sae.total_steps,
+        max_epochs=-1,
+        precision="bf16-mixed" if cfg.sae.dtype == "bf16" else "32-true",
+        gradient_clip_val=cfg.sae.grad_clip,
+        logger=logger,
+        callbacks=callbacks,
+        log_every_n_steps=1,  # the module throttles its own logging
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        print(f"resuming from {last}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+
+    provenance = {"model": cfg.model.name, "layer": cfg.model.layer, "hook": cfg.model.hook,
+                  "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}", "train_config": resolved}
+    save_sae(module.sae, run_dir / "sae", provenance)
+    summary = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    summary.update({f"density/{k}": v for k, v in density.last_summary.items()})
+    summary.update(getattr(trainer, "sae_eval_summary", {}) or {})
+    summary.update({"steps": trainer.global_step, "tokens": trainer.global_step * cfg.sae.batch_size,
+                    "run_name": cfg.run_name, "run_dir": str(run_dir)})
+    summary_path.write_text(json.dumps(summary, indent=2))
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> dict | None:
+    try:
+        objects = to_objects(cfg, TrainConfig)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return train(objects, run_dir, resolved)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
