@@ -1,0 +1,66 @@
+"""Shared test helpers: real Hydra runs of train.py / evaluate.py on the embedded model, kept tiny.
+
+The embedded model is converted once into the user cache (~/.cache/sae/models, or $SAE_CACHE_DIR);
+activation caches go to a per-session temporary directory so tests never read a user's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for 2 CPU cores: an early layer, short contexts, a ~20k-token harvest.
+TINY = [
+    "model.layer=2",
+    "data.context_length=64",
+    "activations.n_tokens=20000",
+    "activations.buffer_tokens=8192",
+    "activations.shard_tokens=8192",
+    "sae.expansion=2",
+    "sae.batch_size=256",
+    "sae.tokens=51200",
+    "trainer.log_every_n_steps=10",
+    "trainer.density_window_steps=50",
+    "trainer.checkpoint_every_n_steps=50",
+    "trainer.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def activation_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("activation-cache")
+
+
+def script_env(activation_cache_dir: Path | None = None) -> dict:
+    env = dict(os.environ, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def run_script(script: str, overrides: list[str], activation_cache_dir: Path | None = None, check: bool = True,
+               timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <script> <overrides>` from the repo root, as a user would."""
+    args = list(overrides)
+    if activation_cache_dir is not None:
+        args.append(f"activations.cache_dir={activation_cache_dir}")
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env or script_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def train_tiny(run_dir: Path, activation_cache_dir: Path, *extra: str, check: bool = True, env: dict | None = None):
+    return run_script("train.py", [*TINY, f"hydra.run.dir={run_dir}", *extra], activation_cache_dir, check=check, env=env)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
