@@ -21,6 +21,10 @@ class FeatureDensityCallback(L.Callback):
         self.plot_dir = Path(plot_dir)
         self.last_summary: dict[str, float] = {}
 
+    def summary(self) -> dict[str, float]:
+        """Dead/ultralow fractions of the last window, for the run's summary.json."""
+        return {f"density/{k}": v for k, v in self.last_summary.items()}
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.window_steps == 0:
             self._close_window(trainer, pl_module, final=False)
@@ -41,11 +45,9 @@ class FeatureDensityCallback(L.Callback):
         )
         metrics = {f"density/{k}": v for k, v in summary.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-            if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            if type(logger).__name__ == "WandbLogger":
                 import wandb
 
-                logger.experiment.log(
-                    {"density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
-                     "density/histogram_png": wandb.Image(str(path)), "trainer/global_step": step}
-                )
+                metrics = {**metrics, "density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
+                           "density/histogram_png": wandb.Image(str(path))}
+            logger.log_metrics(metrics, step=step)

@@ -30,6 +30,7 @@ class SAETrainingModule(L.LightningModule):
         self.sae = sae
         self.cfg = cfg
         self.log_every_n_steps = log_every_n_steps
+        self.last_metrics: dict[str, float] = {}
         n = sae.n_features
         # Training state that must survive a resume: steps since each feature last fired (resampling),
         # and firing counts over the current density window (histograms, dead/ultralow fractions).
@@ -58,18 +59,21 @@ class SAETrainingModule(L.LightningModule):
 
     @torch.no_grad()
     def _log_step(self, batch, terms, fired) -> None:
+        """Written straight to the loggers every N steps: cheap, and no stale values repeated in between."""
+        l0 = fired.float().sum(dim=1).mean()
         metrics = {
             "train/loss": terms.total,
             "train/reconstruction_loss": terms.reconstruction,
             "train/l1_loss": terms.l1,
-            "train/l0": fired.float().sum(dim=1).mean(),
+            "train/l0": l0,
             "train/explained_variance": explained_variance(batch.float(), terms.x_hat.float()),
             "train/l1_coefficient": self.l1_coefficient(),
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
-        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False)
-        self.log("loss", terms.total, prog_bar=True, on_step=True, logger=False)
-        self.log("l0", metrics["train/l0"], prog_bar=True, on_step=True, logger=False)
+        self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(self.last_metrics, step=self.global_step)
+        self.log_dict({"loss": terms.total, "l0": l0}, prog_bar=True, on_step=True, logger=False)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.cfg.unit_norm_decoder:

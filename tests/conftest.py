@@ -30,6 +30,7 @@ TINY = [
     "trainer.density_window_steps=50",
     "trainer.checkpoint_every_n_steps=50",
     "trainer.progress_bar=false",
+    "trainer.eval_tokens=512",
 ]
 
 

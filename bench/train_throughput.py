@@ -1,0 +1,122 @@
+"""Training throughput: Lightning path vs a bare torch loop over the same SAE and cached activations,
+and harvest throughput with and without `stop_at_layer`. Everything is measured side by side in
+one run, so the ratios hold on a noisy shared machine even when the absolute numbers move.
+
+    python bench/train_throughput.py [--layer 6] [--expansion 8] [--batch-size 1024] [--steps 150] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sae.activations import build_cache, harvest  # noqa: E402
+from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
+from sae.datamodule import ActivationDataModule, CachedBatches  # noqa: E402
+from sae.lm import lazy_bridge  # noqa: E402
+from sae.model import SparseAutoencoder  # noqa: E402
+from sae.module import SAETrainingModule  # noqa: E402
+from sae.objective import sae_loss  # noqa: E402
+
+
+def bare_loop(sae: SparseAutoencoder, batches, cfg: SAEConfig, autocast: bool) -> float:
+    """Seconds for the same optimizer steps as the LightningModule, written as a plain loop over the same batches."""
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    start = time.perf_counter()
+    for x in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = sae_loss(sae, x, cfg.l1_coefficient).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad_()
+        opt.step()
+        sae.normalize_decoder_()
+    return time.perf_counter() - start
+
+
+class _Timer(L.Callback):
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == 0:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, *args):
+        self.seconds = time.perf_counter() - self.start
+
+
+def lightning_loop(sae: SparseAutoencoder, cache, cfg: SAEConfig, steps: int) -> float:
+    module = SAETrainingModule(sae, cfg, log_every_n_steps=50)
+    dm = ActivationDataModule(lambda start: CachedBatches(cache, cfg.batch_size, steps, 0, start))
+    timer = _Timer()
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                        precision="bf16-mixed" if cfg.dtype == "bf16" else "32-true", num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    return timer.seconds
+
+
+def harvest_rate(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, contexts: int, stop: bool) -> float:
+    from sae.lm import bos_token_id, hook_name
+    from sae.text import batched, iter_contexts, iter_texts
+
+    tokens = next(batched(iter_contexts(iter_texts(data_cfg, "train"), bridge.tokenizer, data_cfg.context_length,
+                                        bos_token_id(bridge)), contexts))
+    with torch.inference_mode():
+        bridge.run_with_cache(tokens[:2], names_filter=hook_name(model_cfg), stop_at_layer=model_cfg.layer + 1)
+        start = time.perf_counter()
+        bridge.run_with_cache(tokens, names_filter=hook_name(model_cfg), stop_at_layer=model_cfg.layer + 1 if stop else None)
+        return tokens.numel() / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layer", type=int, default=6)
+    ap.add_argument("--expansion", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
+    ap.add_argument("--cache-tokens", type=int, default=60_000)
+    ap.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32")
+    args = ap.parse_args()
+
+    model_cfg = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=args.layer, dtype=args.model_dtype)
+    data_cfg = DataConfig(source="wiki_offline", alias="wiki", context_length=128)
+    bridge = lazy_bridge(model_cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        acts = ActivationsConfig(cache_dir=tmp, n_tokens=args.cache_tokens, buffer_tokens=16384, shard_tokens=32768)
+        cache = build_cache(bridge, model_cfg, data_cfg, acts)
+        cfg = SAEConfig(expansion=args.expansion, batch_size=args.batch_size, tokens=args.batch_size * args.steps, dtype=args.dtype)
+        d = cache.d
+        tokens = args.steps * args.batch_size
+        bare_s, light_s = [], []
+        for _ in range(2):  # interleaved, best of two each: shared machines are noisy
+            torch.manual_seed(0)
+            sae = SparseAutoencoder(d, d * args.expansion)
+            batches = CachedBatches(cache, args.batch_size, args.steps, 0, lambda: 0)
+            bare_s.append(bare_loop(sae, batches, cfg, args.dtype == "bf16"))
+            torch.manual_seed(0)
+            light_s.append(lightning_loop(SparseAutoencoder(d, d * args.expansion), cache, cfg, args.steps))
+        bare_rate, light_rate = tokens / min(bare_s), tokens / min(light_s)
+        print(f"SAE {d}x{d * args.expansion} ({args.expansion}x), batch {args.batch_size}, {args.steps} steps, {args.dtype}, "
+              f"{torch.get_num_threads()} threads")
+        print(f"bare torch loop   : {bare_rate:10,.0f} tokens/s")
+        print(f"Lightning path    : {light_rate:10,.0f} tokens/s")
+        print(f"ratio {light_rate / bare_rate:.3f}")
+
+    model = bridge()
+    with_stop = harvest_rate(model, model_cfg, data_cfg, 16, stop=True)
+    without = harvest_rate(model, model_cfg, data_cfg, 16, stop=False)
+    print(f"harvest layer {args.layer}/{model.cfg.n_layers} with stop_at_layer   : {with_stop:8,.0f} tokens/s")
+    print(f"harvest layer {args.layer}/{model.cfg.n_layers} full forward        : {without:8,.0f} tokens/s")
+    print(f"harvest ratio {with_stop / without:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""SAE math: unit-norm decoder, removal of the parallel gradient, geometric median, loss terms."""
+
+import torch
+
+from sae.model import SparseAutoencoder, geometric_median
+from sae.objective import sae_loss
+
+
+def test_decoder_rows_stay_unit_norm_after_adam_steps():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(16, 64)
+    sae.normalize_decoder_()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    x = torch.randn(256, 16) * 3
+    for _ in range(20):
+        opt.zero_grad()
+        sae_loss(sae, x, l1_coefficient=1e-3).total.backward()
+        sae.remove_parallel_decoder_grad_()
+        opt.step()
+        sae.normalize_decoder_()
+    norms = sae.W_dec.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)
+
+
+def test_parallel_gradient_component_is_removed_and_the_rest_kept():
+    torch.manual_seed(1)
+    sae = SparseAutoencoder(8, 32)
+    sae.normalize_decoder_()
+    sae_loss(sae, torch.randn(64, 8), l1_coefficient=1e-2).total.backward()
+    before = sae.W_dec.grad.clone()
+    sae.remove_parallel_decoder_grad_()
+    after = sae.W_dec.grad
+    # No component along any decoder row survives...
+    assert (after * sae.W_dec).sum(dim=1).abs().max() < 1e-6
+    # ...and what was removed is exactly that component.
+    d = sae.W_dec.detach()
+    expected = before - (before * d).sum(dim=1, keepdim=True) * d
+    torch.testing.assert_close(after, expected)
+    assert (before - after).abs().max() > 1e-6  # the test would notice a no-op
+
+
+def test_geometric_median_of_known_sets():
+    # Four corners of a square plus its centre: the median is the centre.
+    square = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 1.0]])
+    torch.testing.assert_close(geometric_median(square), torch.tensor([1.0, 1.0]), atol=1e-4, rtol=0)
+    # Robust to an outlier, unlike the mean: three points at 0 and one far away stay at 0.
+    pts = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1000.0, 0.0]])
+    assert geometric_median(pts).norm() < 1e-3
+    # Collinear odd set: the median is the middle point.
+    line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    torch.testing.assert_close(geometric_median(line), torch.tensor([1.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_loss_terms_match_the_formula():
+    torch.manual_seed(2)
+    sae = SparseAutoencoder(4, 12)
+    x = torch.randn(10, 4)
+    terms = sae_loss(sae, x, l1_coefficient=0.5)
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    mse = ((x - x_hat) ** 2).mean()
+    l1 = f.abs().sum(dim=1).mean()
+    torch.testing.assert_close(terms.reconstruction, mse)
+    torch.testing.assert_close(terms.l1, l1)
+    torch.testing.assert_close(terms.total, mse + 0.5 * l1)
+
+
+def test_input_scale_applies_before_encoding_and_is_undone_after_decoding():
+    torch.manual_seed(3)
+    sae = SparseAutoencoder(6, 9)
+    sae.input_scale.fill_(4.0)
+    x = torch.randn(5, 6)
+    f = sae.encode(x)
+    torch.testing.assert_close(f, torch.relu((4.0 * x - sae.b_dec) @ sae.W_enc + sae.b_enc))
+    torch.testing.assert_close(sae.decode(f), (f @ sae.W_dec + sae.b_dec) / 4.0)
