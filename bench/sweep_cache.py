@@ -1,0 +1,63 @@
+"""Wall time of the `smoke` sweep (4 SAEs) with one shared activation harvest vs one harvest per run.
+
+    python bench/sweep_cache.py                     # runs both sweeps, one after the other (~5-10 min on 2 cores)
+    python bench/sweep_cache.py --launcher local    # jobs as parallel processes (hydra-submitit-launcher)
+
+Shared: every run uses one `activations.cache_dir`, so the first job harvests and the rest read it.
+Per run: `activations.cache_dir=<dir>/${run_name}` gives each run its own cache, so each harvests.
+Both sweeps start from empty caches and write to temporary directories; the repo's multirun/ is untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_sweep(workdir: Path, cache_dir: str, launcher: str, extra: list[str]) -> float:
+    """Seconds for `train.py --multirun +sweep=smoke` into workdir/sweep; raises if the sweep fails."""
+    args = [sys.executable, str(REPO / "train.py"), "--multirun", "+sweep=smoke", f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={workdir / 'sweep'}", f"activations.cache_dir={cache_dir}", "logger=csv", *extra]
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    start = time.perf_counter()
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return seconds
+
+
+def harvests(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in root.rglob("meta.json")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--launcher", default="basic", help="hydra/launcher: basic (sequential) or local (parallel processes)")
+    parser.add_argument("--keep", type=Path, help="copy the shared-cache sweep (runs + report) to this directory")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. activations.n_tokens=50000")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sweep-cache-bench-") as tmp:
+        tmp = Path(tmp)
+        shared = run_sweep(tmp / "shared", str(tmp / "shared" / "cache"), args.launcher, args.overrides)
+        per_run = run_sweep(tmp / "per_run", str(tmp / "per_run" / "cache") + "/${run_name}", args.launcher, args.overrides)
+        h_shared, h_per_run = harvests(tmp / "shared" / "cache"), harvests(tmp / "per_run" / "cache")
+        if args.keep:
+            shutil.copytree(tmp / "shared" / "sweep", args.keep, dirs_exist_ok=True)
+    print(f"smoke sweep (4 runs, launcher={args.launcher}, {os.cpu_count()} CPUs)")
+    print(f"  shared cache  : {shared:7.1f} s  ({len(h_shared)} harvest,  {sum(h['harvest_seconds'] for h in h_shared):.1f} s harvesting)")
+    print(f"  cache per run : {per_run:7.1f} s  ({len(h_per_run)} harvests, {sum(h['harvest_seconds'] for h in h_per_run):.1f} s harvesting)")
+    print(f"  ratio per-run / shared = {per_run / shared:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
