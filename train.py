@@ -23,6 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.density import FeatureDensityCallback
+from callbacks.reconstruction import ReconstructionScoreCallback
+from callbacks.resampling import NeuronResamplingCallback
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.io import WEIGHTS, save_sae
 from sae.model import SparseAutoencoder, geometric_median
@@ -37,7 +39,8 @@ SAMPLE_FOR_INIT = 8192
 
 
 def activation_batches(cfg: TrainConfig, bridge, seed: int):
-    """(batches factory for the datamodule, a sample of activations for initialisation)."""
+    """(batches factory for the datamodule, a sample of activations for initialisation,
+    seed -> a fresh shuffled stream of training activations, which resampling scores)."""
     from sae.activations import ShuffleBuffer, build_cache, harvest
     from sae.datamodule import CachedBatches, StreamedBatches
 
@@ -45,7 +48,13 @@ def activation_batches(cfg: TrainConfig, bridge, seed: int):
     if cfg.activations.cache:
         cache = build_cache(bridge, cfg.model, cfg.data, cfg.activations, seed=seed)
         factory = lambda start: CachedBatches(cache, sae_cfg.batch_size, sae_cfg.total_steps, seed, start)  # noqa: E731
-        return factory, cache.sample(SAMPLE_FOR_INIT, seed)
+
+        def shuffled_cache(stream_seed: int):
+            order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(stream_seed))
+            for i in range(0, len(order), SAMPLE_FOR_INIT):
+                yield cache.rows(order[i : i + SAMPLE_FOR_INIT])
+
+        return factory, cache.sample(SAMPLE_FOR_INIT, seed), shuffled_cache
 
     def stream():
         return harvest(bridge(), cfg.model, cfg.data, cfg.activations.harvest_batch_size)
@@ -54,7 +63,7 @@ def activation_batches(cfg: TrainConfig, bridge, seed: int):
         stream, sae_cfg.batch_size, sae_cfg.total_steps, cfg.activations.buffer_tokens, seed, start
     )
     sample = next(iter(ShuffleBuffer(cfg.activations.buffer_tokens, seed)(stream())))[:SAMPLE_FOR_INIT]
-    return factory, sample
+    return factory, sample, lambda stream_seed: ShuffleBuffer(cfg.activations.buffer_tokens, stream_seed)(stream())
 
 
 def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
@@ -71,7 +80,8 @@ def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
     return sae
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge) -> tuple[list[L.Callback], FeatureDensityCallback]:
+def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) -> list[L.Callback]:
+    """Callbacks with a `summary()` method also contribute to the run's summary.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     density = FeatureDensityCallback(cfg.trainer.density_window_steps, run_dir / "plots")
@@ -79,9 +89,13 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge) -> tuple[list[L.Cal
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
     )
     callbacks: list[L.Callback] = [density, checkpoint]
+    if cfg.sae.resample.enabled:
+        callbacks.append(NeuronResamplingCallback(cfg.sae.resample, cfg.sae.total_steps, training_stream, cfg.sae.seed))
+    if cfg.trainer.eval_tokens > 0:
+        callbacks.append(ReconstructionScoreCallback(bridge, cfg.model, cfg.data, cfg.trainer.eval_tokens, cfg.trainer.eval_every_n_steps))
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar())
-    return callbacks, density
+    return callbacks
 
 
 def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
@@ -94,7 +108,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
         torch.set_num_threads(cfg.trainer.threads)
 
     bridge = lazy_bridge(cfg.model)
-    factory, sample = activation_batches(cfg, bridge, cfg.sae.seed)
+    factory, sample, training_stream = activation_batches(cfg, bridge, cfg.sae.seed)
     sae = build_sae(cfg, sample)
     module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
 
@@ -102,7 +116,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
 
     datamodule = ActivationDataModule(factory)
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
-    callbacks, density = build_callbacks(cfg, run_dir, bridge)
+    callbacks = build_callbacks(cfg, run_dir, bridge, training_stream)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -112,7 +126,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
         gradient_clip_val=cfg.sae.grad_clip,
         logger=logger,
         callbacks=callbacks,
-        log_every_n_steps=1,  # the module throttles its own logging
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(run_dir),
@@ -126,9 +140,10 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     provenance = {"model": cfg.model.name, "layer": cfg.model.layer, "hook": cfg.model.hook,
                   "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}", "train_config": resolved}
     save_sae(module.sae, run_dir / "sae", provenance)
-    summary = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    summary.update({f"density/{k}": v for k, v in density.last_summary.items()})
-    summary.update(getattr(trainer, "sae_eval_summary", {}) or {})
+    summary = dict(module.last_metrics)
+    for callback in callbacks:
+        if hasattr(callback, "summary"):
+            summary.update(callback.summary())
     summary.update({"steps": trainer.global_step, "tokens": trainer.global_step * cfg.sae.batch_size,
                     "run_name": cfg.run_name, "run_dir": str(run_dir)})
     summary_path.write_text(json.dumps(summary, indent=2))

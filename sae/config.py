@@ -95,6 +95,13 @@ class ResampleConfig:
     n_inputs: int = 819_200
     encoder_scale: float = 0.2
 
+    def __post_init__(self) -> None:
+        _require(all(s > 0 for s in self.steps), f"sae.resample.steps={self.steps} must be positive step numbers.")
+        _require(self.reference_steps > 0, f"sae.resample.reference_steps={self.reference_steps} must be > 0.")
+        _require(self.dead_window > 0, f"sae.resample.dead_window={self.dead_window} must be > 0 steps.")
+        _require(self.n_inputs > 0, f"sae.resample.n_inputs={self.n_inputs} must be > 0.")
+        _require(self.encoder_scale > 0, f"sae.resample.encoder_scale={self.encoder_scale} must be > 0 (the paper: 0.2).")
+
 
 @dataclass
 class SAEConfig:
@@ -153,6 +160,10 @@ class TrainerConfig:
     eval_tokens: int = 4096
     threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.eval_every_n_steps >= 0, f"trainer.eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0 = only at the end).")
+        _require(self.eval_tokens >= 0, f"trainer.eval_tokens={self.eval_tokens} must be >= 0 (0 = no reconstruction score).")
 
 
 @dataclass

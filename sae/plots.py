@@ -26,3 +26,22 @@ def plot_density_histogram(log10_density: np.ndarray, path: str | Path, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_decoder_similarity(groups: dict[str, np.ndarray], means: dict[str, float], path: str | Path, title: str) -> Path:
+    """Histograms of pairwise decoder cosines per feature group ("rare features are more similar")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(-1, 1, 81)
+    for (name, cosines), color in zip(groups.items(), ("tab:red", "tab:blue", "tab:green")):
+        if len(cosines):
+            ax.hist(cosines, bins=bins, density=True, alpha=0.55, color=color, label=f"{name}: mean {means[name]:.3f}")
+    ax.set_xlabel("cosine similarity between decoder directions (pairs within a group)")
+    ax.set_ylabel("density of pairs")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,173 @@
+"""How good an SAE is, measured on held-out text (METHOD §3), in plain torch.
+
+* Spliced cross-entropy: the language model's next-token loss with the hooked activation clean,
+  zero-ablated, or replaced by the SAE's reconstruction. BOS positions keep their clean value in
+  both patched runs (the SAE never trains on BOS, whose activation is an outlier), so the two
+  patched runs differ only in what is spliced in. Reconstruction score = (zero − recon)/(zero − clean);
+  KL score = (KL_zero − KL_recon)/KL_zero, KL taken from the clean next-token distribution.
+* Activation statistics accumulated over a token stream: L0, MSE, L1, explained variance (about
+  the mean), cosine(x, x̂), ‖x̂‖/‖x‖, and per-feature firing counts for the density metrics.
+* "Rare features are more similar": mean pairwise cosine of decoder rows inside a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from sae.config import DataConfig
+from sae.metrics import recovered_fraction
+from sae.model import SparseAutoencoder
+from sae.text import batched, iter_contexts, iter_texts
+
+Reconstruct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def heldout_tokens(bridge, data_cfg: DataConfig, n_tokens: int, bos_id: int) -> torch.Tensor:
+    """The first ⌈n_tokens / context_length⌉ held-out contexts, [n_contexts, context_length]."""
+    n_contexts = max(1, -(-n_tokens // data_cfg.context_length))
+    rows = []
+    for row in iter_contexts(iter_texts(data_cfg, "heldout"), bridge.tokenizer, data_cfg.context_length, bos_id):
+        rows.append(row)
+        if len(rows) == n_contexts:
+            break
+    if not rows:
+        raise ValueError("the held-out split produced no tokens; check data.* and data.holdout_every.")
+    return torch.stack(rows)
+
+
+@dataclass
+class SplicedLoss:
+    """Mean next-token CE (nats) and KL from the clean distribution, over `tokens` predictions."""
+
+    ce_clean: float
+    ce_zero_ablated: float
+    ce_reconstructed: float
+    kl_zero_ablated: float
+    kl_reconstructed: float
+    tokens: int
+
+    @property
+    def reconstruction_score(self) -> float:
+        return recovered_fraction(self.ce_zero_ablated, self.ce_reconstructed, self.ce_clean)
+
+    @property
+    def kl_score(self) -> float:
+        return recovered_fraction(self.kl_zero_ablated, self.kl_reconstructed, 0.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "reconstruction_score": self.reconstruction_score, "kl_score": self.kl_score}
+
+
+def sae_reconstruction(sae: SparseAutoencoder) -> Reconstruct:
+    """x ↦ x̂ in the activation's own dtype and device."""
+
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        p = sae.W_dec
+        return sae(x.to(p.device, p.dtype))[0].to(x.device, x.dtype)
+
+    return reconstruct
+
+
+@torch.no_grad()
+def spliced_loss(bridge, hook_name: str, tokens: torch.Tensor, reconstruct: Reconstruct, bos_id: int, batch_size: int = 8) -> SplicedLoss:
+    """Cross-entropy and KL with the hook clean, zero-ablated and reconstructed (BOS kept clean)."""
+    sums = torch.zeros(5, dtype=torch.float64)
+    count = 0
+    device = bridge.cfg.device
+    for batch in batched(iter(tokens), batch_size):
+        batch = batch.to(device)
+        keep_clean = (batch == bos_id)[..., None]
+
+        def splice(replace: Callable[[torch.Tensor], torch.Tensor]):
+            def hook(act, hook=None):
+                return torch.where(keep_clean, act, replace(act))
+
+            return [(hook_name, hook)]
+
+        clean = bridge(batch, return_type="logits")
+        zero = bridge.run_with_hooks(batch, fwd_hooks=splice(torch.zeros_like), return_type="logits")
+        recon = bridge.run_with_hooks(batch, fwd_hooks=splice(reconstruct), return_type="logits")
+        targets = batch[:, 1:].reshape(-1)
+        logp = [F.log_softmax(logits[:, :-1].float(), dim=-1).flatten(0, 1) for logits in (clean, zero, recon)]
+        ce = [F.nll_loss(lp, targets, reduction="sum") for lp in logp]
+        kl = [F.kl_div(lp, logp[0], log_target=True, reduction="sum") for lp in logp[1:]]
+        sums += torch.stack([*ce, *kl]).double().cpu()
+        count += len(targets)
+    mean = (sums / count).tolist()
+    return SplicedLoss(*mean, tokens=count)
+
+
+class ActivationStats:
+    """Streaming reconstruction and sparsity statistics; float64 sums so long streams stay exact."""
+
+    def __init__(self, n_features: int):
+        self.fire_counts = torch.zeros(n_features, dtype=torch.long)
+        self.tokens = 0
+        self._sums: dict[str, float] = {k: 0.0 for k in ("l0", "l1", "sq_err", "sq_norm", "cosine", "norm_ratio")}
+        self._sum_x: torch.Tensor | None = None
+        self._d = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> None:
+        x, x_hat, f = x.double(), x_hat.double(), f.double()
+        fired = f > 0
+        self.fire_counts += fired.sum(dim=0).cpu()
+        self.tokens += len(x)
+        self._d = x.shape[1]
+        s = self._sums
+        s["l0"] += fired.sum().item()
+        s["l1"] += f.abs().sum().item()
+        s["sq_err"] += (x - x_hat).pow(2).sum().item()
+        s["sq_norm"] += x.pow(2).sum().item()
+        s["cosine"] += F.cosine_similarity(x, x_hat, dim=-1).sum().item()
+        s["norm_ratio"] += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().item()
+        sum_x = x.sum(dim=0).cpu()
+        self._sum_x = sum_x if self._sum_x is None else self._sum_x + sum_x
+
+    def result(self) -> dict[str, float]:
+        n, s = max(self.tokens, 1), self._sums
+        # Σ‖x − mean‖² = Σ‖x‖² − n‖mean‖²
+        variance_sum = s["sq_norm"] - (self._sum_x.pow(2).sum().item() / n if self._sum_x is not None else 0.0)
+        return {
+            "l0": s["l0"] / n,
+            "l1": s["l1"] / n,
+            "mse": s["sq_err"] / (n * max(self._d, 1)),
+            "explained_variance": 1 - s["sq_err"] / max(variance_sum, 1e-12),
+            "cosine_similarity": s["cosine"] / n,
+            "norm_ratio": s["norm_ratio"] / n,
+            "tokens": self.tokens,
+        }
+
+
+@torch.no_grad()
+def activation_stats(sae: SparseAutoencoder, batches: Iterable[torch.Tensor], max_tokens: int) -> ActivationStats:
+    stats = ActivationStats(sae.n_features)
+    for x in batches:
+        x = x[: max_tokens - stats.tokens].to(sae.W_dec.device, sae.W_dec.dtype)
+        x_hat, f = sae(x)
+        stats.update(x, x_hat, f)
+        if stats.tokens >= max_tokens:
+            break
+    return stats
+
+
+def mean_pairwise_cosine(directions: torch.Tensor) -> float:
+    """Mean cosine over distinct pairs, O(n·d): for unit vectors Σ_{i≠j} uᵢ·uⱼ = ‖Σuᵢ‖² − n."""
+    n = len(directions)
+    if n < 2:
+        return float("nan")
+    u = F.normalize(directions.double(), dim=1)
+    return ((u.sum(dim=0).pow(2).sum() - n) / (n * (n - 1))).item()
+
+
+def pairwise_cosines(directions: torch.Tensor, max_vectors: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Cosines of all distinct pairs among (at most `max_vectors` random) rows, for histograms."""
+    if len(directions) > max_vectors:
+        directions = directions[torch.randperm(len(directions), generator=torch.Generator().manual_seed(seed))[:max_vectors]]
+    u = F.normalize(directions.float(), dim=1)
+    sims = u @ u.T
+    return sims[torch.triu_indices(len(u), len(u), offset=1).unbind()]

@@ -1,0 +1,105 @@
+"""Reconstruction score and activation metrics on the real embedded model (METHOD §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sae.activations import harvest
+from sae.config import DataConfig, ModelConfig
+from sae.evaluation import (activation_stats, heldout_tokens, mean_pairwise_cosine, sae_reconstruction,
+                            spliced_loss)
+from sae.lm import bos_token_id, hook_name, load_language_model
+from sae.metrics import explained_variance
+from sae.model import SparseAutoencoder
+
+MODEL = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=2)
+DATA = DataConfig(source="wiki_offline", alias="wiki", context_length=32)
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    return load_language_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def tokens(bridge):
+    return heldout_tokens(bridge, DATA, 96, bos_token_id(bridge))
+
+
+def perfect_sae(d: int) -> SparseAutoencoder:
+    """A real SAE that reconstructs exactly: features relu(x̄) and relu(−x̄), decoded as their difference."""
+    sae = SparseAutoencoder(d, 2 * d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.normal_()
+    return sae
+
+
+def zero_sae(d: int) -> SparseAutoencoder:
+    sae = SparseAutoencoder(d, d)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_heldout_tokens_are_bos_started_contexts(tokens, bridge):
+    assert tokens.shape == (3, 32)
+    assert torch.all(tokens[:, 0] == bos_token_id(bridge))
+
+
+def test_reconstruction_score_is_one_for_a_perfect_sae(bridge, tokens):
+    d = bridge.cfg.d_model
+    result = spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(perfect_sae(d)), bos_token_id(bridge))
+    assert result.ce_zero_ablated > result.ce_clean + 0.01  # ablating this hook must matter, or the score means nothing
+    assert result.reconstruction_score == pytest.approx(1.0, abs=1e-3)
+    assert result.kl_score == pytest.approx(1.0, abs=1e-3)
+    assert result.tokens == tokens.numel() - len(tokens)
+
+
+def test_reconstruction_score_is_zero_for_a_zero_reconstruction(bridge, tokens):
+    d = bridge.cfg.d_model
+    result = spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(zero_sae(d)), bos_token_id(bridge))
+    assert result.reconstruction_score == pytest.approx(0.0, abs=1e-6)
+    assert result.kl_score == pytest.approx(0.0, abs=1e-6)
+    # A random SAE lands somewhere else: the score responds to what is spliced in.
+    noisy = spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(SparseAutoencoder(d, 2 * d)), bos_token_id(bridge))
+    assert noisy.reconstruction_score != pytest.approx(0.0, abs=1e-3)
+
+
+def test_activation_metrics_match_numpy(bridge):
+    acts = torch.cat(list(harvest(bridge, MODEL, DATA, batch_size=4, split="heldout")))[:600]
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(acts.shape[1], 2 * acts.shape[1])
+    with torch.no_grad():
+        sae.b_dec.copy_(acts.mean(dim=0))
+    # Streamed in uneven chunks, as evaluate.py does.
+    stats = activation_stats(sae, iter([acts[:123], acts[123:400], acts[400:]]), max_tokens=550).result()
+    x = acts[:550].double().numpy()
+    with torch.no_grad():
+        x_hat, f = sae(acts[:550])
+    x_hat, f = x_hat.double().numpy(), f.double().numpy()
+    ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(axis=0)) ** 2).sum()
+    ev_about_zero = 1 - ((x - x_hat) ** 2).sum() / (x**2).sum()  # the wrong formula a public library shipped
+    assert stats["tokens"] == 550
+    assert stats["explained_variance"] == pytest.approx(ev, rel=1e-6, abs=1e-9)
+    assert explained_variance(acts[:550].double(), torch.from_numpy(x_hat)).item() == pytest.approx(ev, rel=1e-6)
+    assert abs(ev - ev_about_zero) > 1e-3  # these activations have a mean, so the two formulas differ
+    assert stats["mse"] == pytest.approx(((x - x_hat) ** 2).mean(), rel=1e-6)
+    assert stats["l0"] == pytest.approx((f > 0).sum(axis=1).mean(), rel=1e-9)
+    cos = (x * x_hat).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1))
+    assert stats["cosine_similarity"] == pytest.approx(cos.mean(), rel=1e-6)
+    assert stats["norm_ratio"] == pytest.approx((np.linalg.norm(x_hat, axis=1) / np.linalg.norm(x, axis=1)).mean(), rel=1e-6)
+
+
+def test_mean_pairwise_cosine_matches_all_pairs():
+    v = torch.randn(50, 8) + 0.5
+    u = v / v.norm(dim=1, keepdim=True)
+    sims = u @ u.T
+    brute = sims[~torch.eye(50, dtype=torch.bool)].mean().item()
+    assert mean_pairwise_cosine(v) == pytest.approx(brute, rel=1e-6)
