@@ -1,0 +1,193 @@
+"""Any OpenAI-compatible endpoint through the real `openai` client: OpenAI, vLLM, llama.cpp's server, Ollama.
+
+Explanations use chat completions. Simulation ("all at once") needs prompt log-probabilities: it
+asks the completions endpoint to echo the prompt with `logprobs=N` (vLLM and llama.cpp's server
+return them; OpenAI's hosted models no longer do) and takes the expected value over "0".."10" at
+each "unknown". With `simulator=auto`, an endpoint that does not return them gets the fallback:
+the chat model rewrites every line with an integer. Retries with exponential backoff on 429, 5xx,
+timeouts and dropped connections are the client's own (`max_retries`, `timeout`). The API key is
+read from the environment variable named by `api_key_env` and scrubbed from every error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from typing import Sequence
+
+from sae.interp.backends.base import BackendError, Explanation, Simulation, add_usage, expected_value, prompt_records
+from sae.interp.config import ExplainerConfig
+from sae.interp.prompts import MalformedCompletion, explain_messages, integers_messages, parse_explanation, parse_integers, simulate_text
+from sae.interp.records import Record, UnitRecords
+
+PROMPT_RECORDS = 5
+NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
+
+
+class OpenAIBackend:
+    def __init__(self, cfg: ExplainerConfig):
+        import openai
+
+        self.cfg = cfg
+        self.identity = cfg.identity
+        self._openai = openai
+        self._key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else NO_KEY
+        self._method = {"auto": None, "logprobs": "logprobs", "integers": "integers"}[cfg.simulator]
+        self._method_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self.client = None
+        self.memo = None  # a ResultStore of answered requests, set by the pipeline: nothing is asked twice
+        if self._key:
+            self.client = openai.OpenAI(base_url=cfg.base_url, api_key=self._key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+
+    def simulator_identity(self) -> str:
+        return f"{self.identity}:{self.cfg.simulator}"
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _check_key(self) -> None:
+        if self.client is None:
+            raise BackendError(
+                f"no API key: the environment variable {self.cfg.api_key_env} (explainer.api_key_env) is not set. "
+                f"Export it, or set explainer.api_key_env=null for a server that needs no key."
+            )
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key and self._key != NO_KEY else text
+
+    def _reason(self, exc: Exception) -> str:
+        o, cfg = self._openai, self.cfg
+        where = cfg.base_url or "api.openai.com"
+        if isinstance(exc, o.AuthenticationError):
+            msg = f"authentication failed (401) at {where}: check the key in ${cfg.api_key_env}"
+        elif isinstance(exc, o.NotFoundError):
+            msg = f"not found (404) at {where}: is model {cfg.model!r} served there? ({exc.message})"
+        elif isinstance(exc, o.RateLimitError):
+            msg = f"rate limited (429) at {where}, still after {cfg.max_retries} retries with backoff"
+        elif isinstance(exc, o.APITimeoutError):
+            msg = f"timed out after {cfg.timeout_s}s at {where} (tried {cfg.max_retries + 1} times)"
+        elif isinstance(exc, o.APIConnectionError):
+            msg = f"cannot reach {where} ({exc.__cause__ or exc}); is the server running? (tried {cfg.max_retries + 1} times)"
+        elif isinstance(exc, o.APIStatusError):
+            msg = f"server error ({exc.status_code}) at {where} after {cfg.max_retries} retries: {exc.message}"
+        else:
+            msg = f"{type(exc).__name__}: {exc}"
+        return self._scrub(msg)
+
+    def _request_key(self, endpoint: str, kwargs: dict) -> dict:
+        blob = json.dumps({"endpoint": endpoint, "base_url": self.cfg.base_url, "model": self.cfg.model, **kwargs}, sort_keys=True)
+        return {"request": hashlib.sha256(blob.encode()).hexdigest()}
+
+    def _ask(self, endpoint: str, parse, **kwargs):
+        """parse(response) for one request; the answer comes from the store when this exact request was
+        answered (and parsed) before, and is stored once it parses. Identical requests in flight at the
+        same time wait for each other, so none is asked twice; a malformed answer is asked again next run."""
+        from openai.types import Completion
+        from openai.types.chat import ChatCompletion
+
+        key = self._request_key(endpoint, kwargs)
+        with self._key_lock(key["request"]):
+            if self.memo is not None and self.memo.done(key):
+                cls = ChatCompletion if endpoint == "chat" else Completion
+                return parse(cls.model_validate(self.memo.get(key)["response"]))
+            self._check_key()
+            fn = self.client.chat.completions.create if endpoint == "chat" else self.client.completions.create
+            try:
+                response = fn(model=self.cfg.model, **kwargs)
+            except self._openai.OpenAIError as exc:
+                raise BackendError(self._reason(exc)) from exc
+            try:
+                value = parse(response)
+            except MalformedCompletion as exc:
+                raise BackendError(self._scrub(str(exc))) from exc
+            if self.memo is not None:
+                self.memo.put(key, "ok", response=response.model_dump(mode="json"))
+            return value
+
+    def _key_lock(self, request: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(request, threading.Lock())
+
+    # -- explain --------------------------------------------------------------------------------
+
+    def explain(self, records: UnitRecords) -> Explanation:
+        def parse(response):
+            choice = self._only_choice(response)
+            text = parse_explanation(choice.message.content or "", choice.finish_reason == "length")
+            return Explanation(text=text, usage=self._usage(response))
+
+        return self._ask("chat", parse, messages=explain_messages(prompt_records(records, PROMPT_RECORDS)),
+                         max_tokens=self.cfg.explanation_max_tokens, temperature=self.cfg.temperature)
+
+    # -- simulate -------------------------------------------------------------------------------
+
+    def simulate(self, explanation: Explanation, records: Sequence[Record]) -> Simulation:
+        method = self._method
+        if method is None:
+            method = self._probe(explanation, records[0]) if records else "integers"
+        usage: dict = {}
+        predictions = [self._simulate_one(method, explanation.text, r.tokens, usage) for r in records]
+        return Simulation(predictions=predictions, method=method, usage=usage)
+
+    def _probe(self, explanation: Explanation, record: Record) -> str:
+        """auto: does this endpoint return prompt log-probabilities? Decided once per run."""
+        with self._method_lock:
+            if self._method is None:
+                try:
+                    self._logprobs(explanation.text, record.tokens, {})
+                    self._method = "logprobs"
+                except BackendError as exc:
+                    if isinstance(exc.__cause__, (self._openai.APIConnectionError, self._openai.AuthenticationError)) or self.client is None:
+                        raise  # the endpoint itself is unusable: not a reason to change method
+                    self._method = "integers"
+            return self._method
+
+    def _simulate_one(self, method: str, explanation: str, tokens: Sequence[str], usage: dict) -> list[float]:
+        if method == "logprobs":
+            return self._logprobs(explanation, tokens, usage)
+
+        def parse(response):
+            choice = self._only_choice(response)
+            add_usage(usage, self._usage(response))
+            return parse_integers(choice.message.content or "", len(tokens), choice.finish_reason == "length")
+
+        return self._ask("chat", parse, messages=integers_messages(explanation, tokens),
+                         max_tokens=8 * len(tokens) + 32, temperature=self.cfg.temperature)
+
+    def _logprobs(self, explanation: str, tokens: Sequence[str], usage: dict) -> list[float]:
+        where = self.cfg.base_url or "api.openai.com"
+
+        def parse(response):
+            choice = self._only_choice(response)
+            add_usage(usage, self._usage(response))
+            lp = choice.logprobs
+            if lp is None or not lp.tokens or not lp.top_logprobs:
+                raise BackendError(f"{where} returned no prompt log-probabilities (echo + logprobs); "
+                                   "use explainer.simulator=integers for this endpoint.")
+            at_unknown = [i for i, t in enumerate(lp.tokens) if t.strip() == "unknown"][-len(tokens):]
+            if len(at_unknown) != len(tokens):
+                raise MalformedCompletion(f"malformed completion: {len(at_unknown)} 'unknown' positions in the echoed "
+                                          f"prompt, expected {len(tokens)}")
+            # no value among the top-N at a position: predict inactive there
+            return [expected_value(lp.top_logprobs[i] or {}) or 0.0 for i in at_unknown]
+
+        return self._ask("completions", parse, prompt=simulate_text(explanation, tokens), max_tokens=1, echo=True,
+                         logprobs=self.cfg.top_logprobs, temperature=0)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _only_choice(self, response):
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise BackendError("malformed completion: the response has no choices")
+        return choices[0]
+
+    @staticmethod
+    def _usage(response) -> dict:
+        u = getattr(response, "usage", None)
+        if u is None:
+            return {}
+        return {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0), "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
