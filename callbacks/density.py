@@ -26,8 +26,9 @@ class FeatureDensityCallback(L.Callback):
         return {f"density/{k}": v for k, v in self.last_summary.items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.window_steps == 0:
-            self._close_window(trainer, pl_module, final=False)
+        final = trainer.global_step >= trainer.max_steps
+        if final or trainer.global_step % self.window_steps == 0:
+            self._close_window(trainer, pl_module, final=final)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if int(pl_module.window_tokens) > 0:
