@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+import wandb_records
 from conftest import REPO, read_json, run_script
 
 SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides"]
@@ -57,6 +58,18 @@ def test_command_line_overrides_beat_the_sweep(hydra_compose):
     assert cfg.sae.batch_size == 128 and cfg.logger.group == "mine"
 
 
+def wandb_run_record(run_dir: Path) -> tuple[str, list[str], str]:
+    """(group, tags, display name) of the run's offline W&B record, as `wandb sync` would upload them."""
+    from wandb.proto import wandb_internal_pb2
+
+    for payload in wandb_records._payloads(wandb_records.run_file(run_dir).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "run":
+            return record.run.run_group, list(record.run.tags), record.run.display_name
+    raise AssertionError(f"no run record in {run_dir}")
+
+
 def _runs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
 
@@ -84,8 +97,7 @@ def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
         tags = cfg["logger"]["tags"]
         assert cfg["logger"]["group"] == "smoke"
         assert tags == ["sweep:smoke", f"x{cfg['sae']['expansion']}", f"l1={cfg['sae']['l1_coefficient']:.0e}".replace("e-0", "e-")]
-        record = next(run.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
-        assert all(t.encode() in record for t in tags) and cfg["run_name"].encode() in record
+        assert wandb_run_record(run) == ("smoke", tags, cfg["run_name"])
 
     # The report, written by the Hydra callback when the multirun ended: a row per run, real metrics.
     with open(sweep_dir / "report.csv") as f:
