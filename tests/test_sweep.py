@@ -78,7 +78,7 @@ def _runs(sweep_dir: Path) -> list[Path]:
 def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     args = ["--multirun", "+sweep=smoke", "hydra/launcher=local", f"hydra.sweep.dir={sweep_dir}", f"activations.cache_dir={cache_dir}"]
-    run_script("train.py", args, timeout=900)
+    run_script("train.py", args, timeout=1800)
 
     runs = _runs(sweep_dir)
     assert len(runs) == 4, sorted(p.name for p in sweep_dir.iterdir())
@@ -113,13 +113,15 @@ def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
     for png in ("frontier.png", "metrics_vs_expansion.png", "density_histograms.png"):
         assert (sweep_dir / "report_plots" / png).stat().st_size > 1000
     assert "| run |" in (sweep_dir / "report.md").read_text()
+    group, _, name = wandb_run_record(sweep_dir)  # the report's own W&B run, in the sweep's group
+    assert (group, name) == ("smoke", "smoke-report")
 
     # Re-running the sweep skips the finished runs and resumes an interrupted one from its last.ckpt.
     interrupted = runs[0]
     shutil.rmtree(interrupted / "sae")
     (interrupted / "summary.json").unlink()
     before = {r: (r / "summary.json").read_text() for r in runs[1:]}
-    proc = run_script("train.py", [a for a in args if a != "hydra/launcher=local"], timeout=900)
+    proc = run_script("train.py", [a for a in args if a != "hydra/launcher=local"], timeout=1800)
     out = proc.stdout + proc.stderr
     assert out.count("already holds a finished SAE; skipping") == 3
     assert f"resuming from {interrupted / 'checkpoints' / 'last.ckpt'}" in out
