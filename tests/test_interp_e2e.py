@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_json, run_script, train_tiny
+from tests.conftest import TINY, read_json, run_script
 from tests.interp_servers import LlamaCppServer, packaged_gguf
 
 SMALL = ["stage=interp", "interp.n_features=2", "interp.n_contexts=48", "interp.window=24", "interp.n_explain=3",
@@ -24,7 +24,7 @@ SMALL = ["stage=interp", "interp.n_features=2", "interp.n_contexts=48", "interp.
 @pytest.fixture(scope="module")
 def tiny_sae(tmp_path_factory, activation_cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("interp-sae") / "run"
-    train_tiny(run_dir, activation_cache_dir)
+    run_script("train.py", [*TINY, f"hydra.run.dir={run_dir}"], activation_cache_dir, timeout=1800)
     return run_dir
 
 
@@ -34,7 +34,7 @@ def results(eval_dir: Path, units: str = "features") -> tuple[dict, list[dict]]:
     return summary, rows
 
 
-def assert_scored(rows: list[dict], method: str) -> list[dict]:
+def assert_scored(rows: list[dict], method: str, n_top: int = 3) -> list[dict]:
     mine = [r for r in rows if r["method"] == method]
     assert len(mine) == 2
     for r in mine:
@@ -44,7 +44,7 @@ def assert_scored(rows: list[dict], method: str) -> list[dict]:
         else:
             assert r["explanation"]
             s = r["top_and_random"]
-            assert s["n"] == (3 + 3) * 6  # 3 top + 3 random records x 6 tokens, pooled
+            assert s["n"] == 2 * n_top * 6  # n_top top + as many random records, 6 tokens each, pooled
             assert "control_top_and_random" in r and r["control_explanation_of"] != r["unit"]
     return mine
 
@@ -52,20 +52,23 @@ def assert_scored(rows: list[dict], method: str) -> list[dict]:
 @pytest.mark.slow
 def test_token_pattern_baseline_and_neurons(tiny_sae):
     eval_dir = tiny_sae / "eval"
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL])
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL], timeout=1800)
     summary, rows = results(eval_dir)
     ok = [r for r in assert_scored(rows, "token_pattern") if r["status"] == "ok"]
     assert len(ok) == 2  # no LLM, nothing to fail
     assert summary["primary_method"] == "token_pattern" and summary["units"] == "features"
     assert set(summary["spearman"]) == {"mean", "ci95", "n_units"}
+    # explanations and scores went to W&B (offline here) as a table, beside the training run's project
+    assert (eval_dir / "wandb_interp_id.txt").is_file()
+    assert list((eval_dir / "wandb").glob("offline-run-*"))
     lines_before = (eval_dir / "interp" / "results.jsonl").read_text()
 
     # a rerun asks nothing again
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL])
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL], timeout=1800)
     assert (eval_dir / "interp" / "results.jsonl").read_text() == lines_before
 
     # the hook's raw neurons through the same pipeline, beside the features
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "units=neurons"])
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "units=neurons"], timeout=1800)
     neurons, rows = results(eval_dir, "neurons")
     assert neurons["units"] == "neurons" and neurons["hook"] == "blocks.2.hook_mlp_out"
     assert_scored(rows, "token_pattern")
@@ -75,7 +78,7 @@ def test_token_pattern_baseline_and_neurons(tiny_sae):
 @pytest.mark.slow
 def test_local_backend_end_to_end(tiny_sae):
     eval_dir = tiny_sae / "eval"
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "explainer=local", "interp.baseline=false"])
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "explainer=local", "interp.baseline=false"], timeout=1800)
     summary, rows = results(eval_dir)
     assert summary["primary_method"] == "local"
     mine = assert_scored(rows, "local")
@@ -105,13 +108,16 @@ def llama_server(tmp_path_factory):
 
 @pytest.mark.slow
 def test_openai_backend_against_llama_cpp_server(tiny_sae, llama_server):
+    """Fewer records: llama-cpp-python builds echoed prompt log-probabilities in Python (a sort over the
+    vocabulary per prompt token), which takes seconds per request on 2 cores."""
     eval_dir = tiny_sae / "eval"
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "explainer=openai", f"explainer.base_url={llama_server.base_url}",
+    fewer = [*SMALL, "interp.n_score_top=1", "interp.n_score_random=1"]
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *fewer, "explainer=openai", f"explainer.base_url={llama_server.base_url}",
                                "explainer.model=smollm2", "explainer.api_key_env=null", "explainer.max_concurrency=2",
-                               "interp.baseline=false"])
+                               "interp.baseline=false"], timeout=1800)
     summary, rows = results(eval_dir)
     assert summary["primary_method"] == "openai"
-    mine = assert_scored(rows, "openai")
+    mine = assert_scored(rows, "openai", n_top=1)
     ok = [r for r in mine if r["status"] == "ok"]
     assert ok, f"every explanation failed: {[r.get('reason') for r in mine]}"
     # llama.cpp's server returns prompt log-probabilities (echo + logprobs): the all-at-once method

@@ -71,10 +71,9 @@ def collect(sae, sae_cfg: dict, interp: InterpConfig, out_dir: Path, meta: dict,
     if hook not in bridge.hook_dict:
         raise ConfigError(f"interp.neuron_hook={interp.neuron_hook!r}: {hook} is not a hook of {model_cfg.name}.")
     if interp.units == "neurons":
-        from sae.lm import bos_token_id as _bos
         import torch
 
-        probe = torch.tensor([[_bos(bridge)]], device=bridge.cfg.device)
+        probe = torch.tensor([[bos_token_id(bridge)]], device=bridge.cfg.device)
         _, cache = bridge.run_with_cache(probe, names_filter=hook, stop_at_layer=sae_cfg["layer"] + 1)
         n_units = cache[hook].shape[-1]
     else:
@@ -248,7 +247,7 @@ def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerC
 
     with open(out_dir / f"scores_{interp.units}.jsonl", "w") as f:
         for row in all_rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(_nan_to_null(row)) + "\n")
     primary = methods[explainer.kind]
     first = interp.splits[0]
     summary = {
@@ -274,12 +273,19 @@ def write_summary(path: Path, units: str, summary: dict) -> None:
             existing = {}
     existing[units] = summary
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, default=_nan_safe))
+    tmp.write_text(json.dumps(_nan_to_null(existing), indent=2, allow_nan=False))
     tmp.replace(path)
 
 
-def _nan_safe(x):
-    return None if isinstance(x, float) and math.isnan(x) else str(x)
+def _nan_to_null(x):
+    """Strict JSON: an undefined score (a unit silent on every scored token) is null."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_null(v) for v in x]
+    return x
 
 
 def log_wandb(rows: list[dict], summary: dict, interp: InterpConfig, run_dir: Path, logger: Optional[LoggerConfig], wandb_run=None) -> None:
