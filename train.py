@@ -117,7 +117,12 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     datamodule = ActivationDataModule(factory)
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
     callbacks = build_callbacks(cfg, run_dir, bridge, training_stream)
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    # Under Slurm, requeueing is submitit's job (hydra/launcher=slurm); Lightning's own would be a second one.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = L.Trainer(
+        plugins=plugins,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         max_steps=cfg.sae.total_steps,

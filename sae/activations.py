@@ -134,6 +134,8 @@ def build_cache(
     with FileLock(str(final) + ".lock"):
         if (final / "meta.json").exists():  # another job finished it while we waited
             return ActivationCache(final)
+        for stale in root.glob(final.name + ".tmp-*"):  # left by a harvest that was killed; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=final.name + ".tmp-"))
         try:
             _write_shards(bridge_factory(), model_cfg, data_cfg, act_cfg, tmp, seed)

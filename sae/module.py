@@ -75,6 +75,12 @@ class SAETrainingModule(L.LightningModule):
             logger.log_metrics(self.last_metrics, step=self.global_step)
         self.log_dict({"loss": terms.total, "l0": l0}, prog_bar=True, on_step=True, logger=False)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["last_metrics"] = self.last_metrics  # a run resumed at its final step still has a summary
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.last_metrics = checkpoint.get("last_metrics", {})
+
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.cfg.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad_()
