@@ -219,6 +219,16 @@ def main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
 
 
+def quote_sae_path(arg: str) -> str:
+    """Run directories are named like `..._l1=3e-4_lr=1e-4_...`; Hydra's override grammar needs such a value quoted."""
+    key, sep, value = arg.partition("=")
+    if key != "sae_path" or not sep or value[:1] in ("'", '"'):
+        return arg
+    quote = '"' if "'" in value else "'"
+    return f"{key}={quote}{value}{quote}"
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.argv = [sys.argv[0], *map(quote_sae_path, sys.argv[1:])]
     main()

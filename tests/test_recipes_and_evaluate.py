@@ -13,7 +13,8 @@ from sae.module import l1_warmup_factor, lr_decay_factor
 from tests.conftest import read_json, run_script, train_tiny
 
 STEPS = 200  # TINY: 51,200 tokens at batch 256
-SMALL_EVAL = ["trainer.eval_tokens=128"]
+# float32: bf16 autocast is ~10x slower per step on CPUs without native bf16 (AVX2-only CI machines).
+SMALL_EVAL = ["trainer.eval_tokens=128", "sae.dtype=float32"]
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,14 @@ def test_evaluate_end_to_end_and_resume(run_2023):
 
     bad = run_script("evaluate.py", [*args, "stage=bogus"], check=False)
     assert bad.returncode == 2 and "stage=" in bad.stderr
+
+
+def test_run_directory_names_with_equals_signs_reach_hydra_intact():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from evaluate import quote_sae_path
+
+    path = "outputs/smollm2-L6-hook_mlp_out/wiki/anthropic_2023_x8_l1=3e-4_lr=1e-4_tok=4M"
+    parsed = OverridesParser.create().parse_overrides([quote_sae_path(f"sae_path={path}")])[0]
+    assert parsed.key_or_group == "sae_path" and parsed.value() == path
+    assert quote_sae_path("metrics.ce_tokens=5") == "metrics.ce_tokens=5"
