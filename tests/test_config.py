@@ -64,4 +64,4 @@ def test_train_script_reports_bad_input_and_exits(tmp_path, activation_cache_dir
 
 def test_resolved_config_has_readable_run_name():
     cfg = _compose(*TINY)
-    assert OmegaConf.select(cfg, "run_name") == "anthropic_2023_x2_l1=3e-4_lr=1e-4_tok=51.2k"
+    assert OmegaConf.select(cfg, "run_name") == "anthropic_2023_x2_l1=5e-3_lr=1e-3_tok=51.2k"
