@@ -91,8 +91,11 @@ class OpenAIBackend:
         key = self._request_key(endpoint, kwargs)
         with self._key_lock(key["request"]):
             if self.memo is not None and self.memo.done(key):
+                from openai._models import construct_type  # the client's own lenient construction (echoed
+                # prompts have null logprobs at the first token, which strict validation rejects)
+
                 cls = ChatCompletion if endpoint == "chat" else Completion
-                return parse(cls.model_validate(self.memo.get(key)["response"]))
+                return parse(construct_type(type_=cls, value=self.memo.get(key)["response"]))
             self._check_key()
             fn = self.client.chat.completions.create if endpoint == "chat" else self.client.completions.create
             try:
