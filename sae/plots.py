@@ -12,26 +12,17 @@ import numpy as np  # noqa: E402
 
 
 def plot_density_histogram(log10_density: np.ndarray, path: str | Path, title: str = "feature density") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(np.clip(log10_density, -10, 0), bins=np.linspace(-10, 0, 61), color="tab:blue")
     ax.axvline(-6, color="tab:red", ls="--", lw=1, label="1e-6 (ultralow)")
     ax.axvline(-5, color="tab:orange", ls="--", lw=1, label="1e-5")
     ax.set_xlabel("log10(feature density + 1e-10)")
     ax.set_ylabel("features")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title)
 
 
 def plot_decoder_similarity(groups: dict[str, np.ndarray], means: dict[str, float], path: str | Path, title: str) -> Path:
     """Histograms of pairwise decoder cosines per feature group ("rare features are more similar")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(-1, 1, 81)
     for (name, cosines), color in zip(groups.items(), ("tab:red", "tab:blue", "tab:green")):
@@ -39,6 +30,12 @@ def plot_decoder_similarity(groups: dict[str, np.ndarray], means: dict[str, floa
             ax.hist(cosines, bins=bins, density=True, alpha=0.55, color=color, label=f"{name}: mean {means[name]:.3f}")
     ax.set_xlabel("cosine similarity between decoder directions (pairs within a group)")
     ax.set_ylabel("density of pairs")
+    return _save(fig, ax, path, title)
+
+
+def _save(fig, ax, path: str | Path, title: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
