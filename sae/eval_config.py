@@ -61,6 +61,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _require(self.stage in STAGES, f"stage={self.stage!r}: choose one of {STAGES}.")
         _require(self.sae_path not in ("", "???"), "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")
+        _require(0 <= self.seed < 2**32, f"seed={self.seed} must be in [0, 2**32).")
 
 
 def default_eval_dir(sae_path: str) -> str:
