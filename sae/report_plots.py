@@ -39,7 +39,8 @@ def plot_frontier(rows, settings, path: Path) -> Path | None:
     """L0 (lower is sparser) against quality: one curve per recipe / architecture, seeds averaged with
     95% error bars, and the Pareto frontier over all (no setting both sparser and better)."""
     key, label = quality_metric(rows)
-    pts = sorted((s.mean["l0"], s.mean[key], s) for s in settings if s.mean["l0"] is not None and s.mean[key] is not None)
+    pts = sorted(((s.mean["l0"], s.mean[key], s) for s in settings if s.mean["l0"] is not None and s.mean[key] is not None),
+                 key=lambda p: p[:2])
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
