@@ -91,7 +91,9 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     if not last.exists() or finished:
         return None
     if not cfg.trainer.resume:
-        print(f"trainer.resume=false: starting over; {last} will be overwritten")
+        kept = last.with_name(last.name + ".old")
+        last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
+        print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
         return None
     check_checkpoint(last)
     return last

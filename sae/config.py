@@ -171,7 +171,7 @@ class TrainerConfig:
     progress_bar: bool = True
     # Held-out activations for the end-of-run L0 and explained variance (cheap: the forward stops at the hook).
     heldout_tokens: int = 16_384
-    # false: start over even when checkpoints/last.ckpt exists (it is overwritten), e.g. when it is corrupt.
+    # false: start over even when checkpoints/last.ckpt exists (kept as last.ckpt.old), e.g. when it is corrupt.
     resume: bool = True
 
     def __post_init__(self) -> None:

@@ -28,11 +28,13 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-COLUMNS_MD = {  # report.md column -> (row field, format)
+from sae.run_identity import number
+
+COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "run": ("run", "{}"),
     "expansion": ("expansion", "{}x"),
-    "L1": ("l1_coefficient", "{:.0e}"),
-    "lr": ("lr", "{:.0e}"),
+    "L1": ("l1_coefficient", number),  # exact: 2.5e-4 and 3.5e-4 stay apart
+    "lr": ("lr", number),
     "tokens": ("tokens", "{:,}"),
     "seed": ("seed", "{}"),
     "L0": ("l0", "{:.1f}"),
@@ -244,7 +246,7 @@ def markdown_table(rows: list[RunRow]) -> str:
         cells = []
         for attr, fmt in columns.values():
             value = getattr(row, attr)
-            cells.append("–" if value is None else fmt.format(value))
+            cells.append("–" if value is None else fmt(value) if callable(fmt) else fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sae.run_identity import number  # noqa: E402
+
 METRICS = [("l0", "L0"), ("reconstruction_score", "reconstruction score"), ("explained_variance", "explained variance"),
            ("dead_pct", "dead features %"), ("ultralow_pct", "ultralow features %")]
 
@@ -28,10 +30,11 @@ def quality_metric(rows) -> tuple[str, str]:
     return "explained_variance", "explained variance"
 
 
-def _label(setting) -> str:
+def _label(setting, with_lr: bool = False) -> str:
     parts = [f"x{setting.expansion}" if setting.expansion else None,
              f"k={setting.k}" if setting.k is not None else None,
-             f"l1={setting.l1_coefficient:g}" if setting.l1_coefficient is not None else None]
+             f"l1={number(setting.l1_coefficient)}" if setting.l1_coefficient is not None else None,
+             f"lr={number(setting.lr)}" if with_lr and setting.lr is not None else None]
     return " ".join(p for p in parts if p) or setting.label
 
 
@@ -46,13 +49,14 @@ def plot_frontier(rows, settings, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     families = sorted({s.family for *_, s in pts})
     colors = plt.get_cmap("tab10")
+    with_lr = len({s.lr for *_, s in pts}) > 1
     for i, family in enumerate(families):
         members = [(l0, q, s) for l0, q, s in pts if s.family == family]
         ax.errorbar([m[0] for m in members], [m[1] for m in members],
                     xerr=[m[2].ci95["l0"] or 0 for m in members], yerr=[m[2].ci95[key] or 0 for m in members],
                     color=colors(i % 10), marker="o", ms=5, lw=1, capsize=3, label=family, zorder=3)
         for l0, q, s in members:
-            ax.annotate(_label(s) + (f" (n={s.n})" if s.n > 1 else ""), (l0, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_label(s, with_lr) + (f" (n={s.n})" if s.n > 1 else ""), (l0, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
     frontier, best = [], float("-inf")
     for l0, q, _ in pts:
         if q > best:

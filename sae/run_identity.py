@@ -174,5 +174,5 @@ def check_checkpoint(path: Path) -> None:
     if problem:
         raise ConfigError(
             f"checkpoint {path} is corrupt ({problem}): add trainer.resume=false to start this run over "
-            f"(overwriting it), or move the file away to keep it."
+            f"(the file is kept as {path.name}.old)."
         )
