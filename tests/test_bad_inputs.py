@@ -116,6 +116,23 @@ def test_train_numeric_field_zero_and_negative(train_cfg, key):
         to_objects(cfg, TrainConfig)
 
 
+def _architecture_cases() -> list[tuple[str, str]]:
+    from sae.architectures import ARCHITECTURES
+
+    return [(name, key) for name, cls in ARCHITECTURES.items() for key, _ in numeric_fields(cls.Settings, "sae.settings.")
+            if key != "sae.settings.k"]  # k is sae.k, checked with the sae group
+
+
+@pytest.mark.parametrize("architecture, key", _architecture_cases())
+def test_architecture_numeric_setting_zero_and_negative(architecture, key):
+    from sae.architectures import ARCHITECTURES, build_settings
+
+    k = 32 if ARCHITECTURES[architecture].sparsity_knob == "k" else None
+    field_name = key.rsplit(".", 1)[1]
+    for value in _bad_values(key, "scalar"):
+        _expect_named_error(lambda: build_settings(architecture, {field_name: value}, k), key, value)
+
+
 @pytest.mark.parametrize("key", OTHER_CASES)
 def test_evaluate_and_interp_numeric_field_zero_and_negative(key):
     name, field_name = key.split(".", 1)

@@ -66,7 +66,7 @@ def test_resolved_config_has_readable_run_name():
     cfg = _compose(*TINY)
     name = OmegaConf.select(cfg, "run_name")
     label, digest = name.rsplit("-", 1)
-    assert label == "anthropic_2023_x2_l1=5e-3_lr=1e-3_tok=51.2k_seed=0" and len(digest) == 8
+    assert label == "anthropic_2023_relu_x2_l1=5e-3_lr=1e-3_tok=51.2k_seed=0" and len(digest) == 8
     # Values that one significant digit would merge keep distinct names.
     names = {OmegaConf.select(_compose(*TINY, f"sae.lr={lr}"), "run_name") for lr in ("2.5e-4", "3.5e-4", "1.5e-4", "1e-4")}
     assert {n.split("_lr=")[1].split("_")[0] for n in names} == {"2.5e-4", "3.5e-4", "1.5e-4", "1e-4"}

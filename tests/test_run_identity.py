@@ -124,7 +124,7 @@ def test_colliding_values_make_distinct_runs_with_distinct_results(lr_seed_sweep
     assert len(runs) == 4
     settings = {(read_json(r / RUN_CONFIG)["identity"]["sae"]["lr"], read_json(r / RUN_CONFIG)["identity"]["sae"]["seed"]) for r in runs}
     assert settings == {(2.5e-4, 0), (2.5e-4, 1), (3.5e-4, 0), (3.5e-4, 1)}
-    assert all("lr=2.5e-4" in r.name or "lr=3.5e-4" in r.name for r in runs)
+    assert all("_relu_x2_" in r.name and ("lr=2.5e-4" in r.name or "lr=3.5e-4" in r.name) for r in runs)
     weights = [load_file(r / "sae" / "sae.safetensors")["W_dec"] for r in runs]
     for i in range(4):
         for j in range(i + 1, 4):

@@ -64,7 +64,7 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
         try:
             # Job #0 (x1, l1=3e-4) wrote its first checkpoint: signal it as Slurm does before a time limit.
             # The run directory ends in a hash of the training config: found by its readable part.
-            pattern = "smollm2-L2-hook_mlp_out_anthropic_2023_x1_l1=3e-4_lr=1e-4_tok=76.8k_seed=0-*/checkpoints/last.ckpt"
+            pattern = "smollm2-L2-hook_mlp_out_anthropic_2023_relu_x1_l1=3e-4_lr=1e-4_tok=76.8k_seed=0-*/checkpoints/last.ckpt"
             _wait_for(sweep_dir, proc, timeout=600, pattern=pattern)
             run0 = next(sweep_dir.glob(pattern)).parent.parent
             array_id = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=slurm.env).stdout.split()[0]
