@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae.model import SparseAutoencoder  # noqa: E402
-from sae.objective import per_input_terms  # noqa: E402
-from sae.sparse import MAX_SPARSE_DENSITY, encode_decode  # noqa: E402
+from sae.architectures import ReLUSAE  # noqa: E402
+from sae.sparse import MAX_SPARSE_DENSITY  # noqa: E402
 
 # (label, kernel, fused Adam): the last shows what a one-pass optimizer adds once the products are sparse.
 VARIANTS = (("dense", "dense", False), ("sparse", "sparse", False), ("auto", "auto", False), ("auto+fused", "auto", True))
@@ -42,26 +41,26 @@ def machine() -> str:
     return f"{cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def sae_firing(d_in: int, n_features: int, l0: int, seed: int = 0) -> SparseAutoencoder:
-    """A unit-norm-decoder SAE whose latents each fire on a fraction l0/n of Gaussian inputs."""
+def sae_firing(d_in: int, n_features: int, l0: int, seed: int = 0) -> ReLUSAE:
+    """The 2023 recipe's SAE (unit-norm decoder), its latents each firing on a fraction l0/n of Gaussian inputs."""
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(d_in, n_features)
+    sae = ReLUSAE(d_in, n_features)
     with torch.no_grad():
-        sae.normalize_decoder_()
         pre = torch.randn(2048, d_in) @ sae.W_enc
         sae.b_enc.copy_(-torch.quantile(pre, 1 - l0 / n_features, dim=0))
     return sae
 
 
-def train_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: torch.Tensor, kernel: str) -> tuple[bool, float]:
-    out = encode_decode(sae, x, torch.relu, kernel)
-    reconstruction, l1 = per_input_terms(sae, x, out.x_hat, out.features)
+def train_step(sae: ReLUSAE, opt: torch.optim.Optimizer, x: torch.Tensor, kernel: str) -> tuple[bool, float]:
+    """What SAETrainingModule does per batch, without Lightning around it."""
+    sae.sparse_kernel = kernel
+    terms = sae.loss(x, 1e-4)
     opt.zero_grad(set_to_none=True)
-    (reconstruction.mean() + 1e-4 * l1.mean()).backward()
-    sae.remove_parallel_decoder_grad_()
+    terms.total.backward()
+    sae.before_optimizer_step_()
     opt.step()
-    sae.normalize_decoder_()
-    return out.sparse, float((out.features > 0).sum(-1).float().mean())
+    sae.after_optimizer_step_()
+    return terms.sparse_path, float((terms.features > 0).sum(-1).float().mean())
 
 
 def measure(d_in: int, n_features: int, l0: int, batch: int, steps: int, repeats: int) -> dict[str, tuple[float, float, float]]:

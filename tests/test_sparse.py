@@ -2,19 +2,24 @@
 
 import copy
 
+import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader
 
-from sae.model import SparseAutoencoder
-from sae.objective import per_input_terms
+from conftest import REPO
+from sae.architectures import ReLUSAE, ReLUSettings
+from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
+from sae.module import SAETrainingModule
 from sae.resampling import resample_features_
 from sae.sparse import encode_decode
 
 
-def make_sae(d=24, n=96, seed=0, threshold=2.0):
-    """An SAE whose ReLU fires on a few percent of latents, with a non-trivial input scale and b_dec."""
+def make_sae(d=24, n=96, seed=0, threshold=2.0, **settings):
+    """A ReLU SAE firing on a few percent of latents, with a non-trivial input scale and b_dec."""
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(d, n)
+    sae = ReLUSAE(d, n, ReLUSettings(**settings))
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.1)
         sae.b_enc.uniform_(-threshold, -0.5 * threshold)
@@ -23,11 +28,12 @@ def make_sae(d=24, n=96, seed=0, threshold=2.0):
     return sae
 
 
-def loss_and_grads(sae, x, kernel, sum_squared_error, weighted, max_density=None, x_grad=False):
+def loss_and_grads(sae, x, kernel, max_density=None, x_grad=False):
+    """The architecture's own loss terms on `encode_decode`'s output; gradients after the parallel-gradient removal."""
     x = x.clone().requires_grad_(x_grad)
     kwargs = {} if max_density is None else {"max_density": max_density}
     out = encode_decode(sae, x, torch.relu, kernel, **kwargs)
-    reconstruction, l1 = per_input_terms(sae, x, out.x_hat, out.features, weighted, sum_squared_error)
+    reconstruction, l1 = sae.per_input_loss(x, out.x_hat, out.features)
     loss = reconstruction.mean() + 0.3 * l1.mean()
     sae.zero_grad(set_to_none=True)
     loss.backward()
@@ -52,11 +58,11 @@ def assert_same(out, loss, grads, ref_out, ref_loss, ref_grads):
 @pytest.mark.parametrize("weighted", [False, True], ids=["l1", "l1_decoder_norm"])
 @pytest.mark.parametrize("path", ["sparse", "auto_sparse", "auto_dense"])
 def test_gradients_match_the_dense_path(path, sum_squared_error, weighted):
-    sae = make_sae()
+    sae = make_sae(sum_squared_error=sum_squared_error, l1_weighted_by_decoder_norm=weighted)
     x = torch.randn(64, 24) * 2
-    ref = loss_and_grads(sae, x, "dense", sum_squared_error, weighted)
+    ref = loss_and_grads(sae, x, "dense")
     kernel, max_density = {"sparse": ("sparse", None), "auto_sparse": ("auto", 1.0), "auto_dense": ("auto", 0.0)}[path]
-    out, loss, grads = loss_and_grads(sae, x, kernel, sum_squared_error, weighted, max_density)
+    out, loss, grads = loss_and_grads(sae, x, kernel, max_density)
     density = (ref[0].features > 0).float().mean()
     assert 0.005 < density < 0.2, density  # sparse activations, but some in every latent group
     assert out.sparse == (path != "auto_dense") and not ref[0].sparse
@@ -66,16 +72,16 @@ def test_gradients_match_the_dense_path(path, sum_squared_error, weighted):
 def test_input_gradient_matches_when_inputs_require_it():
     sae = make_sae(seed=3)
     x = torch.randn(32, 24)
-    ref = loss_and_grads(sae, x, "dense", False, False, x_grad=True)
-    assert_same(*loss_and_grads(sae, x, "sparse", False, False, x_grad=True), *ref)
-    assert_same(*loss_and_grads(sae, x, "auto", False, False, max_density=0.0, x_grad=True), *ref)
+    ref = loss_and_grads(sae, x, "dense", x_grad=True)
+    assert_same(*loss_and_grads(sae, x, "sparse", x_grad=True), *ref)
+    assert_same(*loss_and_grads(sae, x, "auto", max_density=0.0, x_grad=True), *ref)
 
 
 def test_no_active_latent_at_all():
     sae = make_sae(seed=4, threshold=100.0)
     x = torch.randn(16, 24)
-    out, loss, grads = loss_and_grads(sae, x, "sparse", False, False)
-    ref_out, ref_loss, ref_grads = loss_and_grads(sae, x, "dense", False, False)
+    out, loss, grads = loss_and_grads(sae, x, "sparse")
+    ref_out, ref_loss, ref_grads = loss_and_grads(sae, x, "dense")
     assert out.sparse and not out.features.any()
     torch.testing.assert_close(out.x_hat, ref_out.x_hat)
     for name in ("W_enc", "b_enc", "W_dec"):
@@ -138,19 +144,53 @@ def test_adam_steps_with_resampling_give_the_same_weights():
     paths = []
     for sae, kernel in ((dense, "dense"), (sparse, "sparse")):
         opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
+        sae.sparse_kernel = kernel
         for step, x in enumerate(batches):
-            out = encode_decode(sae, x, torch.relu, kernel)
-            reconstruction, l1 = per_input_terms(sae, x, out.x_hat, out.features)
+            terms = sae.loss(x, 1e-2)
             opt.zero_grad(set_to_none=True)
-            (reconstruction.mean() + 1e-2 * l1.mean()).backward()
-            sae.remove_parallel_decoder_grad_()
+            terms.total.backward()
+            sae.before_optimizer_step_()
             opt.step()
-            sae.normalize_decoder_()
+            sae.after_optimizer_step_()
             if step == 2:
                 resample_features_(sae, opt, torch.tensor([1, 5, 9]), resample_inputs)
-            paths.append(out.sparse)
+            paths.append(terms.sparse_path)
     assert paths == [False] * 5 + [True] * 5
     for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
         torch.testing.assert_close(p_sparse, p_dense, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
     start = make_sae(seed=7)
     assert (dense.W_enc - start.W_enc).abs().max() > 1e-3  # the steps did move the weights
+
+
+def train_through_the_module(cfg: SAEConfig, sae, batches) -> SAETrainingModule:
+    module = SAETrainingModule(sae, cfg, log_every_n_steps=2)
+    trainer = L.Trainer(max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return module
+
+
+def test_the_trainer_runs_the_configured_kernel_and_logs_its_path():
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(64, 24, generator=generator) * 2 for _ in range(5)]
+    results = {}
+    for kernel in ("dense", "sparse", "auto"):
+        cfg = SAEConfig(batch_size=64, tokens=64 * 5, lr=1e-2, l1_coefficient=1e-2, sparse_kernel=kernel)
+        module = train_through_the_module(cfg, make_sae(seed=8), batches)
+        results[kernel] = (module.sae, module.last_metrics["train/sparse_path"])
+    assert results["dense"][1] == 0.0 and results["sparse"][1] == 1.0
+    assert results["auto"][1] == 1.0  # ~4% of the latents fire: below the auto threshold
+    for kernel in ("sparse", "auto"):
+        for name, p in results[kernel][0].named_parameters():
+            torch.testing.assert_close(p, getattr(results["dense"][0], name), rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_kernel_setting_stops_at_start_up_naming_the_field():
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["sae.sparse_kernel=sparse"])
+        assert to_objects(cfg, TrainConfig).sae.sparse_kernel == "sparse"
+        with pytest.raises(ConfigError, match=r"sae.sparse_kernel='fast': use auto, dense or sparse"):
+            to_objects(compose(config_name="train", overrides=["sae.sparse_kernel=fast"]), TrainConfig)
+    with pytest.raises(ConfigError, match="sae.sparse_kernel=sparse needs sae.dtype=float32"):
+        SAEConfig(sparse_kernel="sparse", dtype="bf16")
