@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 
 from sae.architectures.base import LossTerms, SparseAutoencoder, geometric_median
 from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
+from sae.architectures.jumprelu import JumpReLUSAE, JumpReLUSettings
 from sae.architectures.relu import ReLUSAE, ReLUSettings
 from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.config import ConfigError
 
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE)}
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
 
 
 class UnknownArchitecture(ValueError):
@@ -57,6 +58,6 @@ def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | 
     return get_architecture(name)(d_in, n_features, build_settings(name, settings, k))
 
 
-__all__ = ["ARCHITECTURES", "BatchTopKSAE", "BatchTopKSettings", "LossTerms", "ReLUSAE",
+__all__ = ["ARCHITECTURES", "BatchTopKSAE", "BatchTopKSettings", "JumpReLUSAE", "JumpReLUSettings", "LossTerms", "ReLUSAE",
            "ReLUSettings", "SparseAutoencoder", "TopKSAE", "TopKSettings", "UnknownArchitecture", "build_sae", "build_settings",
            "geometric_median", "get_architecture"]
