@@ -112,3 +112,15 @@ def test_2024_init_ties_the_encoder_to_a_small_decoder():
     sae = ReLUSAE(16, 64, RECIPE_2024)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((64,), 0.1))
     assert torch.equal(sae.W_enc, sae.W_dec.T)
+
+
+def test_untied_encoder_init_uses_fan_in_d_in():
+    """kaiming-uniform(a=√5) bound is 1/√fan_in; a feature's fan-in is d_in, not n_features (that would be √expansion smaller)."""
+    torch.manual_seed(0)
+    d_in, n = 16, 1024
+    sae = ReLUSAE(d_in, n)
+    bound = 1 / d_in**0.5
+    w = sae.W_enc.abs()
+    assert w.max() <= bound and w.max() > 0.99 * bound
+    assert abs(w.mean() - bound / 2) < 0.01 * bound  # uniform on [-bound, bound]: E|w| = bound/2
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(n))  # 2023: unit-norm decoder rows

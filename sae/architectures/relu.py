@@ -53,8 +53,7 @@ class ReLUSAE(SparseAutoencoder):
             self.W_dec.mul_(s.init_decoder_norm / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         if s.tied_init:
             self.W_enc.copy_(self.W_dec.T)
-        else:
-            bound = 1.0 / self.n_features**0.5
+        else:  # kaiming-uniform (a=√5) with the encoder's true fan-in, d_in (each feature reads d_in inputs)
             self.W_enc.uniform_(-bound, bound)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
