@@ -59,14 +59,14 @@ def encode_decode(
     kernel: str = "auto",
     max_density: float = MAX_SPARSE_DENSITY,
 ) -> Forward:
-    """x̂ and f of `sae` (attributes W_enc [d, n], b_enc, W_dec [n, d], b_dec, input_scale) on `x`.
+    """x̂ and f = activation(pre-activation) of `sae` (a sae.architectures.SparseAutoencoder) on `x`.
 
-    `kernel`: "dense" is the module's own forward; "sparse" always takes the sparse products;
+    `kernel`: "dense" is the module's own pre_activation and decode; "sparse" always takes the sparse products;
     "auto" takes them when at most `max_density` of the (input, latent) pairs are active.
     """
     if not sparse_kernel_applies(kernel, x):
-        x_hat, f = sae(x)
-        return Forward(x_hat, f, False)
+        f = activation(sae.pre_activation(x))
+        return Forward(sae.decode(f), f, False)
     density_limit = 1.0 if kernel == "sparse" else max_density
     f, recon, sparse = _EncodeDecode.apply(x, sae.input_scale, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec,
                                            activation, density_limit)

@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader
 
 from conftest import REPO
 from sae.architectures import ReLUSAE, ReLUSettings
+from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
+from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
 from sae.module import SAETrainingModule
 from sae.resampling import resample_features_
@@ -194,3 +196,46 @@ def test_a_bad_kernel_setting_stops_at_start_up_naming_the_field():
             to_objects(compose(config_name="train", overrides=["sae.sparse_kernel=fast"]), TrainConfig)
     with pytest.raises(ConfigError, match="sae.sparse_kernel=sparse needs sae.dtype=float32"):
         SAEConfig(sparse_kernel="sparse", dtype="bf16")
+
+
+@pytest.mark.parametrize("cls, settings", [(TopKSAE, TopKSettings), (BatchTopKSAE, BatchTopKSettings)], ids=["topk", "batchtopk"])
+@pytest.mark.parametrize("dead_tokens", [10**9, 32], ids=["no_dead_latents", "auxk_on_dead_latents"])
+def test_topk_architectures_get_the_same_gradients_from_the_sparse_kernel(cls, settings, dead_tokens):
+    """Their selection is the active set; with dead latents the AuxK term needs every pre-activation: dense then.
+
+    Each step runs both kernels from the same weights and state (firing counters, BatchTopK's threshold),
+    then steps Adam on the dense gradients: Adam turns rounding-level differences in near-zero
+    gradients into visible weight differences, so trajectories are compared for ReLU only.
+    """
+    torch.manual_seed(9)
+    sae = cls(24, 96, settings(k=4, k_aux=8, dead_tokens=dead_tokens))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(2)
+    paths = []
+    for _ in range(4):
+        x = torch.randn(32, 24, generator=generator) * 2
+        state = {name: b.clone() for name, b in sae.named_buffers()}
+        results = {}
+        for kernel in ("sparse", "dense"):  # dense last: its state updates are the ones kept
+            for name, b in sae.named_buffers():
+                b.copy_(state[name])
+            sae.sparse_kernel = kernel
+            terms = sae.loss(x, 0.0)
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            sae.before_optimizer_step_()
+            results[kernel] = (terms, {n: p.grad.clone() for n, p in sae.named_parameters()},
+                               {n: b.clone() for n, b in sae.named_buffers()})
+        (sparse, sparse_grads, sparse_state), (dense, dense_grads, dense_state) = results["sparse"], results["dense"]
+        assert not dense.sparse_path
+        paths.append((sparse.sparse_path, float(dense.auxiliary.detach()) > 0))
+        torch.testing.assert_close(sparse.features, dense.features, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sparse.total, dense.total, rtol=1e-5, atol=1e-6)
+        for name in dense_grads:
+            torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        for name in dense_state:
+            torch.testing.assert_close(sparse_state[name], dense_state[name], msg=lambda m: f"{name}: {m}")
+        opt.step()
+        sae.after_optimizer_step_()
+    # Sparse while no latent is dead; dense from the step the AuxK term has dead latents to use.
+    assert paths == ([(True, False)] * 4 if dead_tokens > 10**6 else [(True, False)] + [(False, True)] * 3)
