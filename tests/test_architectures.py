@@ -9,11 +9,11 @@ import math
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from conftest import REPO
 from sae.architectures import ARCHITECTURES, ReLUSAE
 from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
 from sae.io import SAEFileError, load_sae, save_sae
@@ -76,10 +76,10 @@ def train_old_recipe(params: dict[str, torch.Tensor], batches, *, l1, lr, betas,
 
 
 @pytest.mark.parametrize("recipe, flags", [
-    ("anthropic_2023", dict(l1=5e-3, lr=1e-3, betas=(0.9, 0.99), unit_norm=True, weighted_l1=False, sum_squared=False,
-                            clip=None, warmup_fraction=0.0, decay_fraction=0.0)),
-    ("anthropic_2024", dict(l1=5.0, lr=5e-4, betas=(0.9, 0.999), unit_norm=False, weighted_l1=True, sum_squared=True,
-                            clip=1.0, warmup_fraction=0.05, decay_fraction=0.2)),
+    ("anthropic_2023", {"l1": 5e-3, "lr": 1e-3, "betas": (0.9, 0.99), "unit_norm": True, "weighted_l1": False,
+                        "sum_squared": False, "clip": None, "warmup_fraction": 0.0, "decay_fraction": 0.0}),
+    ("anthropic_2024", {"l1": 5.0, "lr": 5e-4, "betas": (0.9, 0.999), "unit_norm": False, "weighted_l1": True,
+                        "sum_squared": True, "clip": 1.0, "warmup_fraction": 0.05, "decay_fraction": 0.2}),
 ])
 def test_relu_recipes_train_exactly_as_the_pre_registry_code(recipe, flags):
     overrides = [f"sae={recipe}", "sae.resample.enabled=false"]
@@ -328,3 +328,16 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
         start = torch.full((sae.n_features,), 0.5)  # conf/tuning/smollm2_jumprelu.yaml
         assert not torch.allclose(sae.threshold, start)  # the thresholds learned
     assert math.isfinite(summary["eval/reconstruction_score"])
+
+
+def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
+    """`+sweep=architectures`: five configurations x five levels; a level picks λ or k from that configuration's ladder."""
+    expected = {("anthropic_2023", 0): 5e-2, ("anthropic_2023", 4): 2.5e-3, ("anthropic_2024", 0): 20.0,
+                ("anthropic_2024", 4): 1.25, ("jumprelu", 0): 10.0, ("jumprelu", 4): 0.1, ("topk", 0): 8, ("topk", 4): 64,
+                ("batchtopk", 0): 8, ("batchtopk", 4): 64}
+    for (recipe, level), value in expected.items():
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            raw = compose(config_name="train", overrides=["+sweep=architectures", f"sae={recipe}", f"sweep.level={level}"])
+        cfg = to_objects(raw, TrainConfig).sae
+        assert cfg.recipe == recipe and cfg.tokens == 1_000_000
+        assert (cfg.k if ARCHITECTURES[cfg.architecture].sparsity_knob == "k" else cfg.l1_coefficient) == value, (recipe, level)

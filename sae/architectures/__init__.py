@@ -54,7 +54,8 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]}") from None
 
 
-def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None, k: int | None = None) -> SparseAutoencoder:
+def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None,
+              k: int | None = None) -> SparseAutoencoder:
     return get_architecture(name)(d_in, n_features, build_settings(name, settings, k))
 
 
