@@ -19,8 +19,8 @@ autograd gives for those. Gradients equal the dense path's up to float32 roundin
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

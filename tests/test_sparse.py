@@ -5,10 +5,10 @@ import copy
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
-from conftest import REPO
 from sae.architectures import ReLUSAE, ReLUSettings
 from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
 from sae.architectures.topk import TopKSAE, TopKSettings
@@ -52,7 +52,7 @@ def assert_same(out, loss, grads, ref_out, ref_loss, ref_grads):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
         assert ref_grads[name].abs().max() > 0, f"{name}: a zero gradient would not test anything"
 
 
@@ -158,8 +158,8 @@ def test_adam_steps_with_resampling_give_the_same_weights():
                 resample_features_(sae, opt, torch.tensor([1, 5, 9]), resample_inputs)
             paths.append(terms.sparse_path)
     assert paths == [False] * 5 + [True] * 5
-    for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
-        torch.testing.assert_close(p_sparse, p_dense, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        torch.testing.assert_close(p_sparse, p_dense, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     start = make_sae(seed=7)
     assert (dense.W_enc - start.W_enc).abs().max() > 1e-3  # the steps did move the weights
 
@@ -232,9 +232,10 @@ def test_topk_architectures_get_the_same_gradients_from_the_sparse_kernel(cls, s
         torch.testing.assert_close(sparse.features, dense.features, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sparse.total, dense.total, rtol=1e-5, atol=1e-6)
         for name in dense_grads:
-            torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name: f"{name}: {m}")
         for name in dense_state:
-            torch.testing.assert_close(sparse_state[name], dense_state[name], msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(sparse_state[name], dense_state[name], msg=lambda m, name=name: f"{name}: {m}")
         opt.step()
         sae.after_optimizer_step_()
     # Sparse while no latent is dead; dense from the step the AuxK term has dead latents to use.

@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
-from sae.sparse import encode_decode
 from sae.config import ConfigError
+from sae.sparse import encode_decode
 
 
 @dataclass
