@@ -98,7 +98,8 @@ def interp_stage(job: Job) -> dict:
     from sae.interp.pipeline import run_interp
 
     interp, explainer = interp_settings(job.cfg)
-    return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae)
+    return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae,
+                      sae_cfg=job.sae_cfg)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -184,9 +184,11 @@ def summarise_method(results: list[UnitResult], interp: InterpConfig, explainer:
 
 
 def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerConfig, run_dir: str | Path,
-               logger: Optional[LoggerConfig] = None, bridge=None, wandb_run=None, log=print, sae=None) -> dict:
+               logger: Optional[LoggerConfig] = None, bridge=None, wandb_run=None, log=print, sae=None,
+               sae_cfg: Optional[dict] = None) -> dict:
     """Score `interp.units` of the SAE at `sae_path`; returns the summary also written to interp_summary.json.
 
+    `sae`/`sae_cfg`: the SAE already loaded (e.g. on the GPU) with its cfg.json; else loaded from `sae_path`.
     Raises InterpFailed (after writing every result) when no unit could be scored by the chosen explainer."""
     from sae.io import find_sae_dir, load_sae
 
@@ -199,8 +201,8 @@ def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerC
     out_dir = run_dir / "interp"
     out_dir.mkdir(parents=True, exist_ok=True)
     sae_dir = find_sae_dir(sae_path)
-    loaded, sae_cfg = load_sae(sae_dir)
-    sae = sae if sae is not None else loaded
+    if sae is None or sae_cfg is None:
+        sae, sae_cfg = load_sae(sae_dir)
     sid = sae_identity(sae_dir)
     hook = unit_hook(sae_cfg, interp)
     record_settings = {k: v for k, v in asdict(interp).items()
