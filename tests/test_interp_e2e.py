@@ -19,6 +19,10 @@ from tests.interp_servers import LlamaCppServer, ScriptedOpenAIServer, packaged_
 
 SMALL = ["stage=interp", "interp.n_features=2", "interp.n_contexts=48", "interp.window=24", "interp.n_explain=3",
          "interp.n_score_top=3", "interp.n_score_random=4", "interp.score_tokens=6", "interp.bootstrap_resamples=200"]
+# The token-pattern baseline needs no LLM, so its test affords enough held-out windows for top records
+# to be typical of a unit, and enough units for a mean: what own-vs-control comparisons need.
+BASELINE = ["stage=interp", "interp.n_features=6", "interp.n_contexts=200", "interp.window=24", "interp.n_explain=8",
+            "interp.n_score_top=8", "interp.n_score_random=8", "interp.score_tokens=6", "interp.bootstrap_resamples=200"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +38,9 @@ def results(eval_dir: Path, units: str = "features") -> tuple[dict, list[dict]]:
     return summary, rows
 
 
-def assert_scored(rows: list[dict], method: str, n_top: int = 3) -> list[dict]:
+def assert_scored(rows: list[dict], method: str, n_top: int = 3, n_units: int = 2) -> list[dict]:
     mine = [r for r in rows if r["method"] == method]
-    assert len(mine) == 2
+    assert len(mine) == n_units
     for r in mine:
         assert r["status"] in ("ok", "failed")
         if r["status"] == "failed":
@@ -53,26 +57,26 @@ def assert_scored(rows: list[dict], method: str, n_top: int = 3) -> list[dict]:
 @pytest.mark.slow
 def test_token_pattern_baseline_and_neurons(tiny_sae):
     eval_dir = tiny_sae / "eval"
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL], timeout=1800)
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *BASELINE], timeout=1800)
     summary, rows = results(eval_dir)
-    ok = [r for r in assert_scored(rows, "token_pattern") if r["status"] == "ok"]
-    assert len(ok) == 2  # no LLM, nothing to fail
+    ok = [r for r in assert_scored(rows, "token_pattern", n_top=8, n_units=6) if r["status"] == "ok"]
+    assert len(ok) == 6  # no LLM, nothing to fail
     assert summary["primary_method"] == "token_pattern" and summary["units"] == "features"
     assert set(summary["spearman"]) == {"mean", "ci95", "n_units"}
-    # the method means something: each unit's own explanation predicts its activations better than
-    # another unit's, and the two means are over the same units
+    # The method means something: a unit's own explanation predicts its activations clearly better
+    # than another unit's, averaged over the same units.
+    assert summary["spearman"]["n_units"] == summary["control_spearman"]["n_units"] >= 4
+    assert summary["spearman"]["mean"] > summary["control_spearman"]["mean"] + 0.2, summary
     own = {r["unit"]: r["own"]["splits"]["top_and_random"]["spearman"] for r in ok}
     control = {r["unit"]: r["control"]["splits"]["top_and_random"]["spearman"] for r in ok}
-    assert all(own[u] > control[u] + 0.2 for u in own), (own, control)
-    assert summary["spearman"]["n_units"] == summary["control_spearman"]["n_units"] == 2
-    assert summary["spearman"]["mean"] > summary["control_spearman"]["mean"] + 0.2
+    assert sum(own[u] > control[u] for u in own) >= 4, (own, control)
     # explanations and scores went to W&B (offline here) as a table, beside the training run's project
     assert (eval_dir / "wandb_interp_id.txt").is_file()
     assert list((eval_dir / "wandb").glob("offline-run-*"))
     lines_before = (eval_dir / "interp" / "results.jsonl").read_text()
 
     # a rerun asks nothing again
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL], timeout=1800)
+    run_script("evaluate.py", [f"sae_path={tiny_sae}", *BASELINE], timeout=1800)
     assert (eval_dir / "interp" / "results.jsonl").read_text() == lines_before
 
     # the hook's raw neurons through the same pipeline, beside the features
