@@ -17,8 +17,8 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +28,7 @@ from sae.config import ConfigError, LoggerConfig, register_configs, to_objects
 from sae.eval_config import EvaluateConfig, register_eval_configs
 from sae.files import atomic_write_json
 from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
-from sae.io import find_sae_dir, load_sae
+from sae.io import SAEFileError, find_sae_dir, load_sae
 from sae.run_config import RunConfigs, run_configs
 
 register_configs()
@@ -137,7 +137,7 @@ def main(cfg: DictConfig) -> dict | None:
             raise ConfigError("sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")
         objects = to_objects(cfg, EvaluateConfig)
         return evaluate(objects, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, SAEFileError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
     except InterpFailed as exc:

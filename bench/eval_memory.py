@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae import SparseAutoencoder  # noqa: E402
+from sae.architectures import ARCHITECTURES, build_sae  # noqa: E402
 from sae.evaluation import activation_stats, rows_per_chunk  # noqa: E402
 
 GB = 1e9
@@ -92,6 +92,8 @@ def measure(sae, acts: torch.Tensor, batch_rows: int, budget: int, device: str) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--architecture", default="relu", choices=sorted(ARCHITECTURES))
+    p.add_argument("--k", type=int, default=None, help="active latents, for the k-sparse architectures")
     p.add_argument("--d-in", type=int, default=768)
     p.add_argument("--expansion", type=int, default=256)
     p.add_argument("--tokens", type=int, default=32_768)
@@ -105,11 +107,11 @@ def main() -> None:
 
     n_features = args.d_in * args.expansion
     torch.manual_seed(0)
-    sae = SparseAutoencoder(args.d_in, n_features).to(device).eval()
+    sae = build_sae(args.architecture, args.d_in, n_features, k=args.k).to(device).eval()
     acts = torch.randn(args.tokens, args.d_in)
     budget = args.budget_mb * 2**20
     print(f"machine: {machine()}; pid {os.getpid()}")
-    print(f"SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, {args.tokens:,} tokens in "
+    print(f"{args.architecture} SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, {args.tokens:,} tokens in "
           f"{args.batch_rows:,}-row batches; budget {args.budget_mb} MB = {rows_per_chunk(n_features, budget)} rows per chunk")
     print(f"unchunked float64 path (before): ~{args.batch_rows * n_features * 8 * 2 / GB:.1f} GB for one batch's two "
           f"float64 copies of the feature activations (estimate)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -52,10 +52,10 @@ class EvaluateConfig:
     stage: str = "metrics"  # metrics | interp | all
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Overrides of the training run's model / data / activations / logger settings.
-    model: Dict[str, Any] = field(default_factory=dict)
-    data: Dict[str, Any] = field(default_factory=dict)
-    activations: Dict[str, Any] = field(default_factory=dict)
-    logger: Dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
     # Settings of the interpretability stage (sae.interp); filled by its own config files.
     interp: Optional[Any] = None
     explainer: Optional[Any] = None

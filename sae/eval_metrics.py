@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -59,8 +60,14 @@ def compute_metrics(sae, sae_dir: Path, eval_dir: Path, run: RunConfigs, m: Metr
                     log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Path]]:
     """metrics.json's content and the plots written beside it."""
     from sae.activations import build_cache, harvest
-    from sae.evaluation import (activation_stats, heldout_tokens, mean_pairwise_cosine, pairwise_cosines,
-                                sae_reconstruction, spliced_loss)
+    from sae.evaluation import (
+        activation_stats,
+        heldout_tokens,
+        mean_pairwise_cosine,
+        pairwise_cosines,
+        sae_reconstruction,
+        spliced_loss,
+    )
     from sae.lm import bos_token_id, hook_name, lazy_bridge
     from sae.metrics import ULTRALOW_DENSITY, density_summary, log10_density
     from sae.plots import plot_decoder_similarity, plot_density_histogram

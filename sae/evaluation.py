@@ -12,15 +12,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from sae.architectures import SparseAutoencoder
 from sae.config import DataConfig
 from sae.metrics import recovered_fraction
-from sae.model import SparseAutoencoder
 from sae.text import batched, iter_contexts, iter_texts
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]

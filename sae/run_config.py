@@ -8,8 +8,9 @@ dataclass checks run, so a bad value fails naming its field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from omegaconf import OmegaConf
 

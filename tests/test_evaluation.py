@@ -9,13 +9,20 @@ import pytest
 import torch
 
 from sae.activations import harvest
+from sae.architectures import ReLUSAE as SparseAutoencoder
 from sae.config import DataConfig, ModelConfig
-from sae.evaluation import (DEFAULT_MEMORY_BUDGET, activation_stats, heldout_tokens, mean_pairwise_cosine,
-                            rows_per_chunk, sae_reconstruction, spliced_loss)
+from sae.evaluation import (
+    DEFAULT_MEMORY_BUDGET,
+    activation_stats,
+    heldout_tokens,
+    mean_pairwise_cosine,
+    rows_per_chunk,
+    sae_reconstruction,
+    spliced_loss,
+)
 from sae.io import save_sae
 from sae.lm import bos_token_id, hook_name, load_language_model
 from sae.metrics import explained_variance
-from sae.model import SparseAutoencoder
 from tests.conftest import run_script, script_env
 
 MODEL = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=2)

@@ -12,9 +12,18 @@ from sae.config import ConfigError
 from sae.interp.backends.base import expected_value
 from sae.interp.backends.token_pattern import TokenPatternBackend
 from sae.interp.config import ExplainerConfig, InterpConfig
-from sae.interp.prompts import (EXPLANATION_PREFIX, MalformedCompletion, explain_messages, explain_user_message,
-                                parse_explanation, parse_integers, quantise, simulate_prompt, simulate_text)
 from sae.interp.pipeline import collect, summarise_method
+from sae.interp.prompts import (
+    EXPLANATION_PREFIX,
+    MalformedCompletion,
+    explain_messages,
+    explain_user_message,
+    parse_explanation,
+    parse_integers,
+    quantise,
+    simulate_prompt,
+    simulate_text,
+)
 from sae.interp.records import Harvest, Record, UnitRecords, build_records, load_records, save_records
 from sae.interp.results import Simulated, SplitScore, UnitResult
 from sae.interp.scoring import correlations, score_split, split_records, summarise

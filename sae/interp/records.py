@@ -9,9 +9,9 @@ the unit's activation. Records are saved to JSON so a resumed run never repeats 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class UnitRecords:
     quantiles: list[Record]
 
     @staticmethod
-    def from_dict(d: dict) -> "UnitRecords":
+    def from_dict(d: dict) -> UnitRecords:
         groups = {k: [Record(**r) for r in d[k]] for k in ("explain", "top", "random", "quantiles")}
         return UnitRecords(unit=d["unit"], max_activation=d["max_activation"], density=d["density"], **groups)
 
@@ -59,8 +59,8 @@ def unit_encoder(sae, units: str, candidates: list[int]) -> Callable[[torch.Tens
     idx = torch.tensor(candidates, dtype=torch.long)
     if units == "neurons":
         return lambda x: x[..., idx]
-    w, b = sae.W_enc[:, idx], sae.b_enc[idx]  # only the candidates: cheap even for a wide SAE
-    return lambda x: torch.relu((x * sae.input_scale - sae.b_dec) @ w + b)
+    # The architecture's own encode (a TopK selection needs every latent's pre-activation).
+    return lambda x: sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype))[..., idx.to(sae.W_enc.device)].to(x.device)
 
 
 @torch.no_grad()

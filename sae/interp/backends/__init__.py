@@ -7,8 +7,8 @@ unreachable endpoint, unknown model, malformed or truncated completion) is raise
 
 from __future__ import annotations
 
-from sae.interp.backends.base import Backend, BackendError, Explanation, Simulation
 from sae.config import ConfigError
+from sae.interp.backends.base import Backend, BackendError, Explanation, Simulation
 from sae.interp.config import ExplainerConfig
 
 

@@ -17,12 +17,19 @@ import json
 import os
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from sae.interp.backends.base import BackendError, Explanation, Simulation, add_usage, expected_value, prompt_records
 from sae.interp.config import ExplainerConfig
-from sae.interp.prompts import (MalformedCompletion, explain_messages, integers_messages, parse_explanation, parse_integers,
-                                simulate_prompt, simulate_text)
+from sae.interp.prompts import (
+    MalformedCompletion,
+    explain_messages,
+    integers_messages,
+    parse_explanation,
+    parse_integers,
+    simulate_prompt,
+    simulate_text,
+)
 from sae.interp.records import Record, UnitRecords
 
 PROMPT_RECORDS = 5
