@@ -33,6 +33,7 @@ ZERO_OK = {
     "metrics.ce_tokens", "metrics.heldout_tokens", "metrics.density_tokens", "seed",
     "interp.seed", "interp.n_score_top", "interp.n_score_random",
     "explainer.max_retries", "explainer.temperature", "explainer.context_tokens",
+    "sae.settings.aux_coefficient", "sae.settings.threshold_momentum",  # 0: AuxK off; no threshold averaging
 }
 # Every field of these may be 0 (and -1 too: e.g. coefficients of a sum); none today.
 SIGNED_OK: set[str] = set()
@@ -131,6 +132,8 @@ def test_architecture_numeric_setting_zero_and_negative(architecture, key):
     field_name = key.rsplit(".", 1)[1]
     for value in _bad_values(key, "scalar"):
         _expect_named_error(lambda: build_settings(architecture, {field_name: value}, k), key, value)
+    if key in ZERO_OK:
+        build_settings(architecture, {field_name: 0}, k)
 
 
 @pytest.mark.parametrize("key", OTHER_CASES)

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 import wandb_records
 from conftest import REPO, read_json, run_script
 
-SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides", "seeds"]
+SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides", "seeds", "architectures"]
 
 
 @pytest.fixture
