@@ -169,7 +169,7 @@ class ActivationDataModule(L.LightningDataModule):
             start = self._resume["step"] if self._resume else 0
             self._batches = CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
         else:
-            state = self._resume["stream"] if self._resume else None
+            state = self._resume.get("stream") if self._resume else None
             self._batches = StreamedBatches(self._chunks_from, self.act_cfg.harvest_batch_size, self.batch_size,
                                             self.total_steps, self.act_cfg.buffer_tokens, self.seed, state)
         return self._batches
