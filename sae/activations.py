@@ -40,12 +40,14 @@ def harvest(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: in
     contexts = iter_contexts(iter_texts(data_cfg, split), bridge.tokenizer, data_cfg.context_length, bos)
     contexts = itertools.islice(contexts, skip_contexts, None)
     device = bridge.cfg.device
-    with torch.inference_mode():
-        for tokens in batched(contexts, batch_size):
+    for tokens in batched(contexts, batch_size):
+        # Inference mode only around the forward: entered across a `yield`, it would stay on in the
+        # consumer's code too (it is thread state), and a training step there would get no gradients.
+        with torch.inference_mode():
             tokens = tokens.to(device)
             _, cache = bridge.run_with_cache(tokens, names_filter=name, stop_at_layer=model_cfg.layer + 1)
-            acts = cache[name]
-            yield acts[tokens != bos].float().cpu()
+            acts = cache[name][tokens != bos].float().cpu()
+        yield acts.clone()  # an ordinary tensor, usable in autograd
 
 
 class ShuffleBuffer:
