@@ -36,6 +36,8 @@ class SAETrainingModule(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         # False when Lightning skipped the loop: a run resumed at its final step (see train.py).
         self.trained_this_fit = False
+        sae.sparse_kernel = cfg.sparse_kernel
+        self.sparse_path_steps = [0, 0]  # (steps on the sparse kernel, steps) since the last log line
 
     @property
     def total_steps(self) -> int:
@@ -46,6 +48,7 @@ class SAETrainingModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         terms = self.sae.loss(batch, self.l1_coefficient())
+        self.sparse_path_steps = [self.sparse_path_steps[0] + terms.sparse_path, self.sparse_path_steps[1] + 1]
         with torch.no_grad():
             fired = terms.features > 0
         if self.global_step % self.log_every_n_steps == 0:
@@ -62,20 +65,24 @@ class SAETrainingModule(L.LightningModule):
             "train/sparsity_loss": terms.sparsity,
             "train/aux_loss": terms.auxiliary,
             "train/l0": l0,
+            "train/sparse_path": self.sparse_path_steps[0] / max(1, self.sparse_path_steps[1]),
             "train/explained_variance": explained_variance(batch.float(), terms.x_hat.float()),
             "train/l1_coefficient": self.l1_coefficient(),
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
         self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        self.sparse_path_steps = [0, 0]
         for logger in self.loggers:
             logger.log_metrics(self.last_metrics, step=self.global_step)
         self.log_dict({"loss": terms.total, "l0": l0}, prog_bar=True, on_step=True, logger=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["last_metrics"] = self.last_metrics  # a run resumed at its final step still has a summary
+        checkpoint["sparse_path_steps"] = list(self.sparse_path_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.last_metrics = checkpoint.get("last_metrics", {})
+        self.sparse_path_steps = list(checkpoint.get("sparse_path_steps", [0, 0]))
 
     def on_train_start(self) -> None:
         self.trained_this_fit = True
