@@ -25,47 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.density import FeatureDensityCallback
 from callbacks.reconstruction import ReconstructionScoreCallback
 from callbacks.resampling import NeuronResamplingCallback
+from sae.datamodule import ActivationDataModule
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.architectures import SparseAutoencoder, get_architecture
 from sae.io import WEIGHTS, save_sae
 from sae.module import SAETrainingModule
 from sae.lm import check_context_length, lazy_bridge
-from sae.progress import StepProgressBar
+from sae.resampling import resample_schedule
 from sae.run_identity import check_checkpoint, claim_run_dir, training_identity
+from callbacks.progress import StepProgressBar
 from sae.run_logger import build_logger
 
 register_configs()
-
-SAMPLE_FOR_INIT = 8192
-
-
-def activation_batches(cfg: TrainConfig, bridge, seed: int):
-    """(batches factory for the datamodule, a sample of activations for initialisation,
-    seed -> a fresh shuffled stream of training activations, which resampling scores)."""
-    from sae.activations import ShuffleBuffer, build_cache, harvest
-    from sae.datamodule import CachedBatches, StreamedBatches
-
-    sae_cfg = cfg.sae
-    if cfg.activations.cache:
-        cache = build_cache(bridge, cfg.model, cfg.data, cfg.activations, seed=seed)
-        factory = lambda start: CachedBatches(cache, sae_cfg.batch_size, sae_cfg.total_steps, seed, start)  # noqa: E731
-
-        def shuffled_cache(stream_seed: int):
-            order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(stream_seed))
-            for i in range(0, len(order), SAMPLE_FOR_INIT):
-                yield cache.rows(order[i : i + SAMPLE_FOR_INIT])
-
-        return factory, cache.sample(SAMPLE_FOR_INIT, seed), shuffled_cache
-
-    def stream():
-        return harvest(bridge(), cfg.model, cfg.data, cfg.activations.harvest_batch_size)
-
-    factory = lambda start: StreamedBatches(  # noqa: E731
-        stream, sae_cfg.batch_size, sae_cfg.total_steps, cfg.activations.buffer_tokens, seed, start
-    )
-    sample = next(iter(ShuffleBuffer(cfg.activations.buffer_tokens, seed)(stream())))[:SAMPLE_FOR_INIT]
-    return factory, sample, lambda stream_seed: ShuffleBuffer(cfg.activations.buffer_tokens, stream_seed)(stream())
-
 
 def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
     """The configured architecture, initialised as it defines, then input scale and b_dec from the data sample."""
@@ -98,7 +69,7 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     return last
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) -> list[L.Callback]:
+def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule) -> list[L.Callback]:
     """Callbacks with a `summary()` method also contribute to the run's summary.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -108,7 +79,10 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) ->
     )
     callbacks: list[L.Callback] = [density, checkpoint]
     if cfg.sae.resample.enabled:
-        callbacks.append(NeuronResamplingCallback(cfg.sae.resample, cfg.sae.total_steps, training_stream, cfg.sae.seed))
+        schedule = resample_schedule(cfg.sae.resample, cfg.sae.total_steps, cfg.sae.batch_size)
+        if schedule.note:
+            print(schedule.note)
+        callbacks.append(NeuronResamplingCallback(schedule, datamodule.resampling_inputs, cfg.sae.resample.encoder_scale, cfg.sae.seed))
     if cfg.trainer.eval_tokens > 0:
         callbacks.append(ReconstructionScoreCallback(bridge, cfg.model, cfg.data, cfg.trainer.eval_tokens, cfg.trainer.eval_every_n_steps,
                                                      cfg.trainer.heldout_tokens, cfg.activations.harvest_batch_size))
@@ -128,15 +102,12 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
         torch.set_num_threads(cfg.trainer.threads)
 
     bridge = lazy_bridge(cfg.model)
-    factory, sample, training_stream = activation_batches(cfg, bridge, cfg.sae.seed)
-    sae = build_sae(cfg, sample)
+    datamodule = ActivationDataModule(cfg, bridge)
+    callbacks = build_callbacks(cfg, run_dir, bridge, datamodule)
+    sae = build_sae(cfg, datamodule.init_sample())
     module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
 
-    from sae.datamodule import ActivationDataModule
-
-    datamodule = ActivationDataModule(factory)
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
-    callbacks = build_callbacks(cfg, run_dir, bridge, training_stream)
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     # Under Slurm, requeueing is submitit's job (hydra/launcher=slurm); Lightning's own would be a second one.
@@ -160,6 +131,10 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     if last is not None:
         print(f"resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+    if not module.trained_this_fit:  # resumed at the final step: Lightning skips the loop and its on_train_end
+        for callback in callbacks:
+            if hasattr(callback, "summary"):
+                callback.on_train_end(trainer, module)
 
     provenance = {"model": cfg.model.name, "layer": cfg.model.layer, "hook": cfg.model.hook,
                   "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}", "train_config": resolved}

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae.activations import build_cache, harvest  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
-from sae.datamodule import ActivationDataModule, CachedBatches  # noqa: E402
+from sae.datamodule import CachedBatches  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
 from sae.architectures import ReLUSAE as SparseAutoencoder  # noqa: E402
 from sae.module import SAETrainingModule  # noqa: E402
@@ -52,12 +52,11 @@ class _Timer(L.Callback):
 
 def lightning_loop(sae: SparseAutoencoder, cache, cfg: SAEConfig, steps: int) -> float:
     module = SAETrainingModule(sae, cfg, log_every_n_steps=50)
-    dm = ActivationDataModule(lambda start: CachedBatches(cache, cfg.batch_size, steps, 0, start))
     timer = _Timer()
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
                         precision="bf16-mixed" if cfg.dtype == "bf16" else "32-true", num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, train_dataloaders=CachedBatches(cache, cfg.batch_size, steps, 0))
     return timer.seconds
 
 
@@ -98,7 +97,7 @@ def main() -> None:
         for _ in range(2):  # interleaved, best of two each: shared machines are noisy
             torch.manual_seed(0)
             sae = SparseAutoencoder(d, d * args.expansion)
-            batches = CachedBatches(cache, args.batch_size, args.steps, 0, lambda: 0)
+            batches = CachedBatches(cache, args.batch_size, args.steps, 0)
             bare_s.append(bare_loop(sae, batches, cfg, args.dtype == "bf16"))
             torch.manual_seed(0)
             light_s.append(lightning_loop(SparseAutoencoder(d, d * args.expansion), cache, cfg, args.steps))

@@ -1,1 +1,1 @@
-"""Lightning callbacks: density histograms, dead-neuron resampling, reconstruction-score evals."""
+"""Lightning callbacks: density histograms, dead-neuron resampling, reconstruction-score evals, the progress bar."""

@@ -1,7 +1,8 @@
 """Feature-density histograms: log10(firing frequency) per feature over a window of training steps.
 
 A healthy run is bimodal (an ultralow cluster near 1e-7..1e-6, a main mode near 1e-5..1e-3).
-Logged to W&B as a `wandb.Histogram` and saved as a PNG in the run directory.
+Logged to W&B as a `wandb.Histogram` and saved as a PNG in the run directory. The window's counts
+are this callback's state, checkpointed with it, so a resumed run closes the same windows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class FeatureDensityCallback(L.Callback):
     def __init__(self, window_steps: int, plot_dir: str | Path):
         self.window_steps = window_steps
         self.plot_dir = Path(plot_dir)
+        self.fire_counts: torch.Tensor | None = None  # per feature, over the current window
+        self.window_tokens = 0
         self.last_summary: dict[str, float] = {}
 
     def summary(self) -> dict[str, float]:
@@ -26,16 +29,31 @@ class FeatureDensityCallback(L.Callback):
         return {f"density/{k}": v for k, v in self.last_summary.items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        counts = outputs["fire_counts"]
+        if self.fire_counts is None:
+            self.fire_counts = torch.zeros_like(counts)
+        self.fire_counts = self.fire_counts.to(counts.device) + counts
+        self.window_tokens += len(batch)
         final = trainer.global_step >= trainer.max_steps
         if final or trainer.global_step % self.window_steps == 0:
-            self._close_window(trainer, pl_module, final=final)
+            self._close_window(trainer, final=final)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if int(pl_module.window_tokens) > 0:
-            self._close_window(trainer, pl_module, final=True)
+        if self.window_tokens > 0:
+            self._close_window(trainer, final=True)
 
-    def _close_window(self, trainer, pl_module, final: bool) -> None:
-        counts, tokens = pl_module.reset_density_window()
+    def state_dict(self) -> dict:
+        counts = None if self.fire_counts is None else self.fire_counts.cpu()
+        return {"fire_counts": counts, "window_tokens": self.window_tokens, "last_summary": dict(self.last_summary)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.fire_counts = state_dict["fire_counts"]
+        self.window_tokens = int(state_dict["window_tokens"])
+        self.last_summary = dict(state_dict["last_summary"])
+
+    def _close_window(self, trainer, final: bool) -> None:
+        counts, tokens = self.fire_counts.cpu(), self.window_tokens
+        self.fire_counts, self.window_tokens = None, 0
         log_density = log10_density(counts, tokens)
         summary = density_summary(counts, tokens)
         self.last_summary = summary

@@ -9,6 +9,7 @@ half-written cache.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -27,18 +28,26 @@ from sae.lm import bos_token_id, hook_name
 from sae.text import batched, iter_contexts, iter_texts
 
 
-def harvest(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: int, split: str = "train") -> Iterator[torch.Tensor]:
-    """Yield [n_tokens, d] activations per model batch, BOS positions dropped; stops the forward at the hook's layer."""
+def harvest(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: int, split: str = "train",
+            skip_contexts: int = 0) -> Iterator[torch.Tensor]:
+    """Yield [n_tokens, d] activations per model batch of `batch_size` contexts, BOS positions dropped.
+
+    The forward stops at the hook's layer. `skip_contexts` starts later in the split: the skipped
+    contexts are tokenized again but never run through the model.
+    """
     bos = bos_token_id(bridge)
     name = hook_name(model_cfg)
     contexts = iter_contexts(iter_texts(data_cfg, split), bridge.tokenizer, data_cfg.context_length, bos)
+    contexts = itertools.islice(contexts, skip_contexts, None)
     device = bridge.cfg.device
-    with torch.inference_mode():
-        for tokens in batched(contexts, batch_size):
+    for tokens in batched(contexts, batch_size):
+        # Inference mode only around the forward: entered across a `yield`, it would stay on in the
+        # consumer's code too (it is thread state), and a training step there would get no gradients.
+        with torch.inference_mode():
             tokens = tokens.to(device)
             _, cache = bridge.run_with_cache(tokens, names_filter=name, stop_at_layer=model_cfg.layer + 1)
-            acts = cache[name]
-            yield acts[tokens != bos].float().cpu()
+            acts = cache[name][tokens != bos].float().cpu()
+        yield acts.clone()  # an ordinary tensor, usable in autograd
 
 
 class ShuffleBuffer:
@@ -58,6 +67,15 @@ class ShuffleBuffer:
                 yield self._emit(self._size // 2)
         if self._size:
             yield self._emit(self._size)
+
+    def state_dict(self) -> dict:
+        """The buffered rows (by reference; cheap) and the generator state: enough to continue identically."""
+        return {"chunks": tuple(self._chunks), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._chunks = list(state["chunks"])
+        self._size = sum(len(c) for c in self._chunks)
+        self.generator.set_state(state["generator"])
 
     def _emit(self, n: int) -> torch.Tensor:
         data = torch.cat(self._chunks)

@@ -93,19 +93,33 @@ class ActivationsConfig:
 @dataclass
 class ResampleConfig:
     enabled: bool = True
-    steps: list[int] = field(default_factory=lambda: [25_000, 50_000, 75_000, 100_000])
-    # Scale `steps` and `dead_window` to the run's length when it is shorter than the paper's ~1M steps.
+    # When to resample, in training tokens: the paper's steps 25k/50k/75k/100k at batch 8,192.
+    at_tokens: list[int] = field(default_factory=lambda: [204_800_000, 409_600_000, 614_400_000, 819_200_000])
+    # Dead = no fire in this many tokens (the paper: 12,500 steps at batch 8,192).
+    dead_window_tokens: int = 102_400_000
+    # Shrink `at_tokens` and the window in proportion when the run is shorter than the paper's ~8.2B tokens...
     scale_to_run: bool = True
-    reference_steps: int = 1_000_000
-    dead_window: int = 12_500
+    reference_tokens: int = 8_192_000_000
+    # ...but never below the window in which a feature of density `healthy_density` stays silent with
+    # probability at most `false_dead_probability`; events that cannot fit such a window move later or drop.
+    healthy_density: float = 1e-5
+    false_dead_probability: float = 0.05
     n_inputs: int = 819_200
     encoder_scale: float = 0.2
 
     def __post_init__(self) -> None:
-        _require(all(s > 0 for s in self.steps), f"sae.resample.steps={self.steps} must be positive step numbers.")
-        _require(self.reference_steps > 0, f"sae.resample.reference_steps={self.reference_steps} must be > 0.")
-        _require(self.dead_window > 0, f"sae.resample.dead_window={self.dead_window} must be > 0 steps.")
-        _require(self.n_inputs > 0, f"sae.resample.n_inputs={self.n_inputs} must be > 0.")
+        _require(isinstance(self.enabled, bool), f"sae.resample.enabled={self.enabled!r} must be true or false.")
+        _require(all(isinstance(t, int) and t > 0 for t in self.at_tokens),
+                 f"sae.resample.at_tokens={self.at_tokens} must be positive token counts.")
+        _require(isinstance(self.dead_window_tokens, int) and self.dead_window_tokens > 0,
+                 f"sae.resample.dead_window_tokens={self.dead_window_tokens} must be > 0 tokens.")
+        _require(isinstance(self.scale_to_run, bool), f"sae.resample.scale_to_run={self.scale_to_run!r} must be true or false.")
+        _require(isinstance(self.reference_tokens, int) and self.reference_tokens > 0,
+                 f"sae.resample.reference_tokens={self.reference_tokens} must be > 0 tokens.")
+        _require(0 < self.healthy_density < 1, f"sae.resample.healthy_density={self.healthy_density} must be in (0, 1), e.g. 1e-5.")
+        _require(0 < self.false_dead_probability < 1,
+                 f"sae.resample.false_dead_probability={self.false_dead_probability} must be in (0, 1), e.g. 0.05.")
+        _require(isinstance(self.n_inputs, int) and self.n_inputs > 0, f"sae.resample.n_inputs={self.n_inputs} must be > 0.")
         _require(self.encoder_scale > 0, f"sae.resample.encoder_scale={self.encoder_scale} must be > 0 (the paper: 0.2).")
 
 

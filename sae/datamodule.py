@@ -1,9 +1,10 @@
-"""Training batches of activations for Lightning.
+"""The run's activation source for Lightning: training batches, the initialisation sample, and
+the inputs that resampling scores; its position is checkpointed so a resumed run sees the same batches.
 
-From the cache: each pass over the cached tokens uses a fresh permutation (no token twice
-within a pass), and the batch at step s depends only on (seed, s), so a resumed run continues
-exactly where it stopped. Without a cache: activations stream from the model through the
-shuffle buffer.
+From the cache: each pass over the cached tokens uses a fresh permutation (no token twice within
+a pass), and the batch at step s depends only on (seed, s). Without a cache: activations stream
+from the model through the shuffle buffer, and the checkpoint holds the stream's position (pass,
+contexts read), the buffer's rows and generator state, and the rows not yet batched.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Callable, Iterator
 import lightning as L
 import torch
 
-from sae.activations import ActivationCache, ShuffleBuffer
+from sae.activations import ActivationCache, ShuffleBuffer, build_cache, harvest
+from sae.config import TrainConfig
+
+SAMPLE_FOR_INIT = 8192
 
 
 class CachedBatches:
-    """Batches for steps [start, total) drawn from a cache by per-pass permutations."""
+    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations."""
 
-    def __init__(self, cache: ActivationCache, batch_size: int, total_steps: int, seed: int, start_step: Callable[[], int]):
+    def __init__(self, cache: ActivationCache, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
         if batch_size > len(cache):
             raise ValueError(f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): lower it or raise activations.n_tokens.")
         self.cache, self.batch_size, self.total_steps, self.seed = cache, batch_size, total_steps, seed
@@ -30,7 +34,7 @@ class CachedBatches:
         return torch.randperm(len(self.cache), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        step = self.start_step()
+        step = self.start_step
         perm_epoch, perm = -1, None
         while step < self.total_steps:
             epoch, i = divmod(step, self.steps_per_pass)
@@ -41,35 +45,140 @@ class CachedBatches:
 
 
 class StreamedBatches:
-    """Batches straight from the model, through the shuffle buffer; the stream restarts when data runs out."""
+    """Batches straight from the model, through the shuffle buffer; a new pass starts when the data runs out.
 
-    def __init__(self, activation_stream: Callable[[], Iterator[torch.Tensor]], batch_size: int, total_steps: int,
-                 buffer_tokens: int, seed: int, start_step: Callable[[], int]):
-        self.activation_stream, self.batch_size, self.total_steps = activation_stream, batch_size, total_steps
-        self.buffer_tokens, self.seed, self.start_step = buffer_tokens, seed, start_step
+    `chunks_from(n)` yields activations of consecutive model batches of `contexts_per_chunk` contexts,
+    starting after the first n contexts of the split. After each batch the iterator notes its state
+    (by reference, so it costs nothing); `state_at(step)` returns the state after `step` batches, which
+    Lightning asks for while the next batch is already prefetched.
+    """
+
+    KEEP_SNAPSHOTS = 8
+
+    def __init__(self, chunks_from: Callable[[int], Iterator[torch.Tensor]], contexts_per_chunk: int, batch_size: int,
+                 total_steps: int, buffer_tokens: int, seed: int, state: dict | None = None):
+        self.chunks_from, self.contexts_per_chunk = chunks_from, contexts_per_chunk
+        self.batch_size, self.total_steps, self.buffer_tokens, self.seed = batch_size, total_steps, buffer_tokens, seed
+        self.start = state or {"step": 0, "pass": 0, "contexts": 0, "rest": torch.empty(0), "buffer": None}
+        self.snapshots: dict[int, dict] = {self.start["step"]: self.start}
+
+    def _buffer(self, pass_index: int) -> ShuffleBuffer:
+        return ShuffleBuffer(self.buffer_tokens, self.seed * 100_003 + pass_index)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        step = self.start_step()
-        rest = torch.empty(0)
+        step, pass_index, contexts, rest = self.start["step"], self.start["pass"], self.start["contexts"], self.start["rest"]
+        buffer = self._buffer(pass_index)
+        if self.start["buffer"] is not None:
+            buffer.load_state_dict(self.start["buffer"])
         while step < self.total_steps:
+            fresh_pass = contexts == 0 and not buffer.state_dict()["chunks"]
             produced = False
-            for chunk in ShuffleBuffer(self.buffer_tokens, self.seed + step)(self.activation_stream()):
+
+            def counted(start: int) -> Iterator[torch.Tensor]:
+                nonlocal contexts
+                for chunk in self.chunks_from(start):
+                    contexts += self.contexts_per_chunk
+                    yield chunk
+
+            for emitted in buffer(counted(contexts)):
                 produced = True
-                rest = chunk if not len(rest) else torch.cat([rest, chunk])
+                rest = emitted if not len(rest) else torch.cat([rest, emitted])
                 while len(rest) >= self.batch_size and step < self.total_steps:
-                    yield rest[: self.batch_size]
-                    rest, step = rest[self.batch_size :], step + 1
+                    batch, rest, step = rest[: self.batch_size], rest[self.batch_size :], step + 1
+                    self._note(step, pass_index, contexts, rest, buffer)
+                    yield batch
                 if step >= self.total_steps:
                     return
-            if not produced:
+            if fresh_pass and not produced:
                 raise ValueError("the data source produced no tokens; check data.* (files, split, text_column).")
+            pass_index, contexts = pass_index + 1, 0
+            buffer = self._buffer(pass_index)
+            self._note(step, pass_index, contexts, rest, buffer)
+
+    def _note(self, step: int, pass_index: int, contexts: int, rest: torch.Tensor, buffer: ShuffleBuffer) -> None:
+        self.snapshots[step] = {"step": step, "pass": pass_index, "contexts": contexts, "rest": rest, "buffer": buffer.state_dict()}
+        for old in [s for s in self.snapshots if s <= step - self.KEEP_SNAPSHOTS]:
+            del self.snapshots[old]
+
+    def position(self, step: int) -> int:
+        """Contexts of the current pass read into the buffer after `step` batches."""
+        return self._snapshot(step)["contexts"]
+
+    def state_at(self, step: int) -> dict:
+        """The state after `step` batches, as plain tensors for a checkpoint."""
+        snap = self._snapshot(step)
+        buffer = snap["buffer"]
+        if buffer is not None:
+            chunks = buffer["chunks"]
+            buffer = {"chunks": (torch.cat(chunks),) if chunks else (), "generator": buffer["generator"].clone()}
+        return {**snap, "rest": snap["rest"].clone(), "buffer": buffer}
+
+    def _snapshot(self, step: int) -> dict:
+        if step not in self.snapshots:
+            raise RuntimeError(f"no stream state recorded for step {step} (recorded: {sorted(self.snapshots)})")
+        return self.snapshots[step]
 
 
 class ActivationDataModule(L.LightningDataModule):
-    def __init__(self, batches_factory: Callable[[Callable[[], int]], object]):
+    """Activations for one run, from the on-disk cache (`activations.cache=true`) or streamed from the model."""
+
+    def __init__(self, cfg: TrainConfig, bridge: Callable[[], object]):
         super().__init__()
-        self.batches_factory = batches_factory
+        self.model_cfg, self.data_cfg, self.act_cfg = cfg.model, cfg.data, cfg.activations
+        self.batch_size, self.total_steps, self.seed = cfg.sae.batch_size, cfg.sae.total_steps, cfg.sae.seed
+        self.bridge = bridge
+        self._cache: ActivationCache | None = None
+        self._resume: dict | None = None  # from a checkpoint, before the batches are built
+        self._batches: CachedBatches | StreamedBatches | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.act_cfg.cache
+
+    def cache(self) -> ActivationCache:
+        if self._cache is None:
+            self._cache = build_cache(self.bridge, self.model_cfg, self.data_cfg, self.act_cfg, seed=self.seed)
+        return self._cache
+
+    def _chunks_from(self, contexts: int) -> Iterator[torch.Tensor]:
+        return harvest(self.bridge(), self.model_cfg, self.data_cfg, self.act_cfg.harvest_batch_size, skip_contexts=contexts)
+
+    def init_sample(self) -> torch.Tensor:
+        """Activations for initialising the SAE (input scale, b_dec)."""
+        if self.cached:
+            return self.cache().sample(SAMPLE_FOR_INIT, self.seed)
+        first = next(iter(ShuffleBuffer(self.act_cfg.buffer_tokens, self.seed)(self._chunks_from(0))), None)
+        if first is None:
+            raise ValueError("the data source produced no tokens; check data.* (files, split, text_column).")
+        return first[:SAMPLE_FOR_INIT]
+
+    def resampling_inputs(self, step: int) -> Iterator[torch.Tensor]:
+        """Training activations to score when resampling at `step`: a fresh random order of the cache, or
+        the stream's next contexts from where training has read to (wrapping to the split's start)."""
+        if self.cached:
+            cache = self.cache()
+            order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + step))
+            for i in range(0, len(order), SAMPLE_FOR_INIT):
+                yield cache.rows(order[i : i + SAMPLE_FOR_INIT])
+            return
+        yield from self._chunks_from(self._batches.position(step))
+        yield from self._chunks_from(0)
 
     def train_dataloader(self):
-        # Read the step lazily: Lightning restores a checkpoint before it iterates.
-        return self.batches_factory(lambda: self.trainer.global_step if self.trainer else 0)
+        if self.cached:
+            start = self._resume["step"] if self._resume else 0
+            self._batches = CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
+        else:
+            state = self._resume.get("stream") if self._resume else None
+            self._batches = StreamedBatches(self._chunks_from, self.act_cfg.harvest_batch_size, self.batch_size,
+                                            self.total_steps, self.act_cfg.buffer_tokens, self.seed, state)
+        return self._batches
+
+    def state_dict(self) -> dict:
+        step = self.trainer.global_step
+        if self.cached or self._batches is None:
+            return {"step": step}
+        return {"step": step, "stream": self._batches.state_at(step)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict

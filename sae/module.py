@@ -1,4 +1,8 @@
-"""LightningModule: one optimizer step of SAE training, the recipe's schedules, and feature-activity counters."""
+"""LightningModule: one optimizer step of SAE training and the recipe's schedules.
+
+`training_step` returns how often each feature fired in the batch; the density and resampling
+callbacks keep their own counts from it (and checkpoint them themselves).
+"""
 
 from __future__ import annotations
 
@@ -30,14 +34,10 @@ class SAETrainingModule(L.LightningModule):
         self.cfg = cfg
         self.log_every_n_steps = log_every_n_steps
         self.last_metrics: dict[str, float] = {}
+        # False when Lightning skipped the loop: a run resumed at its final step (see train.py).
+        self.trained_this_fit = False
         sae.sparse_kernel = cfg.sparse_kernel
         self.sparse_path_steps = [0, 0]  # (steps on the sparse kernel, steps) since the last log line
-        n = sae.n_features
-        # Training state that must survive a resume: steps since each feature last fired (resampling),
-        # and firing counts over the current density window (histograms, dead/ultralow fractions).
-        self.register_buffer("steps_since_fired", torch.zeros(n, dtype=torch.long))
-        self.register_buffer("window_fire_counts", torch.zeros(n, dtype=torch.long))
-        self.register_buffer("window_tokens", torch.zeros((), dtype=torch.long))
 
     @property
     def total_steps(self) -> int:
@@ -46,18 +46,14 @@ class SAETrainingModule(L.LightningModule):
     def l1_coefficient(self) -> float:
         return self.cfg.l1_coefficient * l1_warmup_factor(self.global_step, self.total_steps, self.cfg.l1_warmup_fraction)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         terms = self.sae.loss(batch, self.l1_coefficient())
         self.sparse_path_steps = [self.sparse_path_steps[0] + terms.sparse_path, self.sparse_path_steps[1] + 1]
         with torch.no_grad():
             fired = terms.features > 0
-            fired_any = fired.any(dim=0)
-            self.steps_since_fired.add_(1).masked_fill_(fired_any, 0)
-            self.window_fire_counts.add_(fired.sum(dim=0))
-            self.window_tokens.add_(len(batch))
         if self.global_step % self.log_every_n_steps == 0:
             self._log_step(batch, terms, fired)
-        return terms.total
+        return {"loss": terms.total, "fire_counts": fired.sum(dim=0)}
 
     @torch.no_grad()
     def _log_step(self, batch, terms, fired) -> None:
@@ -82,14 +78,22 @@ class SAETrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["last_metrics"] = self.last_metrics  # a run resumed at its final step still has a summary
+        checkpoint["sparse_path_steps"] = list(self.sparse_path_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.last_metrics = checkpoint.get("last_metrics", {})
+        self.sparse_path_steps = list(checkpoint.get("sparse_path_steps", [0, 0]))
+
+    def on_train_start(self) -> None:
+        self.trained_this_fit = True
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.sae.before_optimizer_step_()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The architecture's post-update step (e.g. decoder renormalisation) runs right after the update,
+        # before any callback (resampling, checkpointing) sees the weights.
+        super().optimizer_step(*args, **kwargs)
         self.sae.after_optimizer_step_()
 
     def configure_optimizers(self):
@@ -98,10 +102,3 @@ class SAETrainingModule(L.LightningModule):
             optimizer, lambda step: lr_decay_factor(step, self.total_steps, self.cfg.lr_decay_fraction)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def reset_density_window(self) -> tuple[torch.Tensor, int]:
-        """Return (fire counts, tokens) of the window just ended and start a new one."""
-        counts, tokens = self.window_fire_counts.clone(), int(self.window_tokens)
-        self.window_fire_counts.zero_()
-        self.window_tokens.zero_()
-        return counts, tokens

@@ -8,6 +8,7 @@ encoder columns, the encoder bias 0, and Adam forgets its moments for exactly th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -20,16 +21,43 @@ from sae.architectures import ReLUSAE
 @dataclass(frozen=True)
 class ResampleSchedule:
     steps: tuple[int, ...]
-    dead_window: int
+    dead_window: int  # steps
+    window_tokens: int  # dead_window × batch size
     n_inputs: int
+    note: str  # one line for start-up when the run is too short for the scaled schedule; "" otherwise
 
 
-def resample_schedule(cfg: ResampleConfig, total_steps: int) -> ResampleSchedule:
-    """The paper's steps and window (for ~1M steps), shrunk in proportion when the run is shorter."""
-    factor = min(1.0, total_steps / cfg.reference_steps) if cfg.scale_to_run else 1.0
-    steps = sorted({max(1, round(s * factor)) for s in cfg.steps})
-    steps = tuple(s for s in steps if s < total_steps)  # a resample at the very end could not recover
-    return ResampleSchedule(steps, max(1, round(cfg.dead_window * factor)), cfg.n_inputs)
+def min_dead_window_tokens(healthy_density: float, false_dead_probability: float) -> int:
+    """Fewest tokens T with P(a feature of this density never fires in T tokens) = (1-p)^T <= the bound."""
+    return math.ceil(math.log(false_dead_probability) / math.log1p(-healthy_density))
+
+
+def resample_schedule(cfg: ResampleConfig, total_steps: int, batch_size: int) -> ResampleSchedule:
+    """The paper's token schedule, scaled to the run, with a dead window no shorter than the honest minimum.
+
+    Each event needs a full window of observation before it: the first since the start, each later one
+    since the previous event (whose resampled features restart their count). Events are moved later to
+    get one, and dropped when that reaches the end of the run.
+    """
+    total_tokens = total_steps * batch_size
+    factor = min(1.0, total_tokens / cfg.reference_tokens) if cfg.scale_to_run else 1.0
+    scaled_window = max(1, round(cfg.dead_window_tokens * factor))
+    floor = min_dead_window_tokens(cfg.healthy_density, cfg.false_dead_probability)
+    dead_window = math.ceil(max(scaled_window, floor) / batch_size)
+    wanted = sorted({max(1, round(t * factor / batch_size)) for t in cfg.at_tokens})
+    steps: list[int] = []
+    for step in wanted:
+        step = max(step, (steps[-1] if steps else 0) + dead_window)
+        if step < total_steps:  # a resample at the very end could not recover
+            steps.append(step)
+    note = ""
+    if scaled_window < floor or tuple(steps) != tuple(s for s in wanted if s < total_steps):
+        p_dead = (1 - cfg.healthy_density) ** scaled_window
+        note = (f"resampling: {total_tokens:,} training tokens are too few for the paper's schedule scaled to this run "
+                f"(a {scaled_window:,}-token dead window would call a feature of density {cfg.healthy_density:g} dead with "
+                f"probability {p_dead:.2f}); using a {dead_window * batch_size:,}-token window and "
+                f"{len(steps)} of {len(wanted)} events, at steps {list(steps)}.")
+    return ResampleSchedule(tuple(steps), dead_window, dead_window * batch_size, cfg.n_inputs, note)
 
 
 def dead_features(steps_since_fired: torch.Tensor, dead_window: int) -> torch.Tensor:

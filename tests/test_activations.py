@@ -7,7 +7,7 @@ import torch
 
 from sae.activations import ActivationCache, ShuffleBuffer, build_cache, cache_key
 from sae.config import ActivationsConfig, DataConfig, ModelConfig
-from sae.datamodule import CachedBatches
+from sae.datamodule import CachedBatches, StreamedBatches
 from sae.lm import lazy_bridge
 
 
@@ -41,17 +41,59 @@ def test_cached_batches_visit_each_token_once_per_pass_and_resume_exactly(tmp_pa
     np.save(tmp_path / "shard_00000.npy", data)
     (tmp_path / "meta.json").write_text('{"d": 2, "n_tokens": 40, "shards": ["shard_00000.npy"]}')
     cache = ActivationCache(tmp_path)
-    batches = list(CachedBatches(cache, batch_size=8, total_steps=15, seed=3, start_step=lambda: 0))
+    batches = list(CachedBatches(cache, batch_size=8, total_steps=15, seed=3))
     assert len(batches) == 15
     first_pass = torch.cat(batches[:5])[:, 0]
     assert sorted(first_pass.tolist()) == list(range(40))  # a permutation: no token twice within a pass
     second_pass = torch.cat(batches[5:10])[:, 0]
     assert sorted(second_pass.tolist()) == list(range(40))
     assert not torch.equal(first_pass, second_pass)  # a fresh permutation each pass
-    resumed = list(CachedBatches(cache, batch_size=8, total_steps=15, seed=3, start_step=lambda: 7))
+    resumed = list(CachedBatches(cache, batch_size=8, total_steps=15, seed=3, start_step=7))
     assert len(resumed) == 8
     for a, b in zip(resumed, batches[7:]):
         assert torch.equal(a, b)
+
+
+def _chunks_from(n_contexts: int, tokens_per_context: int = 10, per_chunk: int = 3):
+    """A stand-in for `harvest(..., skip_contexts=n)`: model batches of `per_chunk` contexts, after the first n."""
+
+    def chunks(skip: int):
+        contexts = _contexts(n_contexts, tokens_per_context)
+        rows = [c for i, c in enumerate(contexts) if i >= skip]
+        for i in range(0, len(rows), per_chunk):
+            yield torch.cat(rows[i : i + per_chunk])
+
+    return chunks
+
+
+def test_streamed_batches_resume_exactly_from_a_checkpointed_state():
+    # 20 contexts of 10 tokens per pass, batches of 16, a 64-token buffer: several passes, with leftovers.
+    make = lambda state=None: StreamedBatches(_chunks_from(20), 3, batch_size=16, total_steps=40, buffer_tokens=64,  # noqa: E731
+                                              seed=5, state=state)
+    whole = list(make())
+    assert len(whole) == 40
+    first_pass = torch.cat(whole[:12])
+    assert len({(int(a), int(b)) for a, b in first_pass[:, :2].tolist()}) == len(first_pass)  # nothing twice in a pass
+    for k in (1, 7, 12, 13, 25, 39):
+        stream = make()
+        it = iter(stream)
+        seen = [next(it) for _ in range(k + 1)]  # Lightning has prefetched batch k when it checkpoints at step k
+        state = stream.state_at(k)
+        state = {key: (v.clone() if isinstance(v, torch.Tensor) else v) for key, v in state.items()}
+        resumed = list(make(state))
+        assert len(resumed) == 40 - k, k
+        for a, b in zip(seen[:k] + resumed, whole):
+            assert torch.equal(a, b), k
+
+
+def test_streamed_resampling_position_follows_training():
+    stream = StreamedBatches(_chunks_from(20), 3, batch_size=16, total_steps=40, buffer_tokens=64, seed=5)
+    it = iter(stream)
+    positions = []
+    for step in range(1, 11):
+        next(it)
+        positions.append(stream.position(step))
+    assert positions == sorted(positions) and positions[-1] > positions[0]  # reads further as training goes on
 
 
 @pytest.mark.slow

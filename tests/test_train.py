@@ -1,6 +1,7 @@
-"""End to end: `python train.py` on the embedded model with a tiny budget, and resuming after a kill."""
+"""End to end: `python train.py` on the embedded model with a tiny budget, and exact resuming after a kill -9."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,9 +9,11 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, TINY, read_json, script_env, train_tiny
 from sae import load_sae
+from sae.io import WEIGHTS
 from wandb_records import history, run_file
 
 
@@ -47,34 +50,60 @@ def test_train_end_to_end_loss_falls_checkpoint_loads_and_wandb_has_the_histogra
     assert "already holds a finished SAE" in again.stdout
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_from_last_checkpoint_without_losing_steps(tmp_path, activation_cache_dir):
-    run_dir = tmp_path / "run"
-    args = [*TINY, "sae.tokens=64000", "trainer.checkpoint_every_n_steps=100", "logger=csv",
-            f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"]
+# Resampling that really fires, at steps on both sides of the checkpoints: a strong L1 kills features;
+# a 1,536-token (6-step) window, allowed by a healthy density of 2e-3; events at steps 60, 120 and 160.
+RESAMPLING = ["logger=csv", "sae.l1_coefficient=0.05", "sae.resample.healthy_density=2e-3", "sae.resample.scale_to_run=false",
+              "sae.resample.dead_window_tokens=1536",
+              "sae.resample.at_tokens=[15360,30720,40960]"]
+
+
+def kill_after_first_checkpoint(run_dir, activation_cache_dir, *extra: str) -> int:
+    """Start the run, SIGKILL it as soon as its first checkpoint exists; return the checkpoint's step."""
+    args = [*TINY, *extra, f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 600
+    deadline = time.time() + 900
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.0)  # let the checkpoint file be complete
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "the run never wrote a checkpoint"
-    killed_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-    assert 100 <= killed_at < 250
-    assert not (run_dir / "summary.json").exists()
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
-    resumed = train_tiny(run_dir, activation_cache_dir, "sae.tokens=64000", "trainer.checkpoint_every_n_steps=100", "logger=csv")
+
+def assert_same_run(run_dir, reference) -> None:
+    """Bitwise-equal weights and the same summary.json except its path."""
+    ours, theirs = load_file(run_dir / "sae" / WEIGHTS), load_file(reference / "sae" / WEIGHTS)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs from the uninterrupted run"
+    a, b = read_json(run_dir / "summary.json"), read_json(reference / "summary.json")
+    a.pop("run_dir"), b.pop("run_dir")
+    assert a == b
+
+
+@pytest.mark.slow
+def test_killed_run_rerun_equals_the_uninterrupted_run(tmp_path, activation_cache_dir):
+    whole = tmp_path / "whole"
+    train_tiny(whole, activation_cache_dir, *RESAMPLING)
+    summary = read_json(whole / "summary.json")
+    assert summary["steps"] == 200 and summary["resample/events"] == 3
+    assert summary["resample/total_resampled"] > 0, "the test needs resampling to fire"
+    assert "eval/reconstruction_score" in summary and "density/dead_fraction" in summary
+
+    killed = tmp_path / "killed"
+    killed_at = kill_after_first_checkpoint(killed, activation_cache_dir, *RESAMPLING)
+    assert 50 <= killed_at < 200
+    resumed = train_tiny(killed, activation_cache_dir, *RESAMPLING)
     assert "resuming from" in resumed.stdout
-    summary = read_json(run_dir / "summary.json")
-    assert summary["steps"] == 250
-    # The resumed process started at the checkpoint, not at step 0. metrics.csv is appended to, so the
-    # resumed process's rows are those after the last point where the logged step goes backwards.
-    import csv
+    assert_same_run(killed, whole)
 
-    steps = [int(float(r["step"])) for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("train/loss")]
-    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    resumed_steps = steps[restarts[-1]:] if restarts else steps
-    assert min(resumed_steps) >= killed_at and max(resumed_steps) >= 240
+    # Killed after the final checkpoint but before the SAE and summary were written: the rerun trains no
+    # step and still writes the full summary (evaluation and density included).
+    (killed / "summary.json").unlink()
+    shutil.rmtree(killed / "sae")
+    again = train_tiny(killed, activation_cache_dir, *RESAMPLING)
+    assert "resuming from" in again.stdout and "step 160: resampled" not in again.stdout
+    assert_same_run(killed, whole)
