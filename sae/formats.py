@@ -184,11 +184,26 @@ def _hook_parts(hook_name: str | None) -> tuple[int | None, str | None]:
     return (int(match.group(1)), match.group(2)) if match else (None, None)
 
 
+def _run_config(model: str | None, layer: int | None, hook: str | None, dataset: str | None,
+                context_size: int | None) -> dict:
+    """The model and text settings that evaluate.py and the interp stage read from `train_config`, where known."""
+    run: dict = {}
+    if model and layer is not None:
+        alias = model.split(":")[-1].split("/")[-1]
+        run["model"] = {"name": model, "alias": alias, "layer": layer, "hook": hook}
+    if dataset:
+        data = ({"source": "wiki_offline", "alias": "wiki"} if dataset == "wiki_offline"
+                else {"source": "hf", "alias": dataset.split("/")[-1], "path": dataset})
+        run["data"] = data | ({"context_length": int(context_size)} if context_size else {})
+    return run
+
+
 def _native_cfg(d_in: int, n: int, architecture: str, model: str | None, hook_name: str | None, fmt: str,
-                directory: Path) -> dict:
+                directory: Path, dataset: str | None = None, context_size: int | None = None) -> dict:
     layer, hook = _hook_parts(hook_name)
     return {"d_in": d_in, "n_features": n, "architecture": architecture, "model": model, "layer": layer, "hook": hook,
-            "hook_name": hook_name, "format": fmt, "source": str(directory)}
+            "hook_name": hook_name, "format": fmt, "source": str(directory),
+            "train_config": _run_config(model, layer, hook, dataset, context_size)}
 
 
 def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
@@ -210,7 +225,9 @@ def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
     model = meta.get("model_name", cfg.get("model_name"))
     hook_name = meta.get("hook_name", cfg.get("hook_name"))
     d_in, n = state["W_enc"].shape
-    return "relu", state, _native_cfg(d_in, n, "relu", model, hook_name, SAELENS, directory)
+    return "relu", state, _native_cfg(d_in, n, "relu", model, hook_name, SAELENS, directory,
+                                      meta.get("dataset_path", cfg.get("dataset_path")),
+                                      meta.get("context_size", cfg.get("context_size")))
 
 
 def _from_sparsify(directory: Path) -> tuple[str, Tensors, dict]:

@@ -103,6 +103,7 @@ def test_saelens_sae_without_b_dec_on_the_input_loads_as_the_same_function(tmp_p
     torch.testing.assert_close(sae.encode(x), f, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sae.decode(f), f @ W_dec + b_dec, rtol=1e-5, atol=1e-5)
     assert (cfg["model"], cfg["layer"], cfg["hook"]) == ("gpt2", 3, "hook_resid_pre")
+    assert cfg["train_config"] == {"model": {"name": "gpt2", "alias": "gpt2", "layer": 3, "hook": "hook_resid_pre"}}
 
 
 def test_unsupported_foreign_saes_are_refused_with_the_reason(tmp_path):
@@ -233,7 +234,11 @@ def test_export_of_a_trained_run_with_sparsity_from_cache_then_from_evaluation(r
 
     cfg = read_json(tmp_path / "from_eval" / "cfg.json")
     assert cfg["metadata"]["context_size"] == 64 and cfg["metadata"]["dataset_path"] == "wiki_offline"
-    loaded, _ = load_foreign(tmp_path / "from_eval")
+    loaded, loaded_cfg = load_foreign(tmp_path / "from_eval")
+    # What evaluate.py and the interp stage read to find the model and text: the run's own settings.
+    trained = read_json(run_2024 / "sae" / "cfg.json")["train_config"]
+    assert loaded_cfg["train_config"]["model"] == {k: trained["model"][k] for k in ("name", "alias", "layer", "hook")}
+    assert loaded_cfg["train_config"]["data"] == {k: trained["data"][k] for k in ("source", "alias", "context_length")}
     from sae.export import run_activation_cache
 
     x = run_activation_cache(load_sae(run_2024)[1]).sample(500)
