@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import subprocess
@@ -38,9 +39,8 @@ from sae.activations import build_cache  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
 from sae.datamodule import ActivationDataModule  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
-from sae.model import SparseAutoencoder  # noqa: E402
+from sae.architectures import SparseAutoencoder, build_sae as build_architecture  # noqa: E402
 from sae.module import SAETrainingModule, l1_warmup_factor, lr_decay_factor  # noqa: E402
-from sae.objective import sae_loss  # noqa: E402
 from train import build_sae  # noqa: E402
 
 SAELENS_PYTHON = REPO / ".venv-saelens" / "bin" / "python"
@@ -145,12 +145,14 @@ def train_bare(init: SparseAutoencoder, cfg: SAEConfig, acts: torch.Tensor) -> t
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_decay_factor(step, steps, cfg.lr_decay_fraction)
         l1 = cfg.l1_coefficient * l1_warmup_factor(step, steps, cfg.l1_warmup_fraction)
-        loss = sae_loss(sae, x, l1, cfg.l1_weighted_by_decoder_norm, cfg.sum_squared_error).total
+        loss = sae.loss(x, l1).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        sae.before_optimizer_step_()
         opt.step()
+        sae.after_optimizer_step_()
     return time.perf_counter() - clock["start"], sae
 
 
@@ -171,7 +173,7 @@ def train_saelens(init: SparseAutoencoder, cfg: SAEConfig, acts_path: Path, tmp:
         raise RuntimeError(f"SAELens trainer failed:\n{proc.stderr[-4000:]}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     out = load_file(tmp / "saelens_out.safetensors")
-    sae = SparseAutoencoder(init.d_in, init.n_features)
+    sae = build_architecture(init.name, init.d_in, init.n_features, dataclasses.asdict(init.settings))
     with torch.no_grad():
         sae.W_enc.copy_(out["W_enc"] / s)
         sae.b_enc.copy_(out["b_enc"])
@@ -183,7 +185,7 @@ def train_saelens(init: SparseAutoencoder, cfg: SAEConfig, acts_path: Path, tmp:
 
 @torch.no_grad()
 def quality(sae: SparseAutoencoder, cfg: SAEConfig, x: torch.Tensor) -> dict[str, float]:
-    terms = sae_loss(sae, x, cfg.l1_coefficient, cfg.l1_weighted_by_decoder_norm, cfg.sum_squared_error)
+    terms = sae.loss(x, cfg.l1_coefficient)
     err = (x - terms.x_hat).pow(2).sum()
     return {"loss": float(terms.total), "mse": float(err / x.numel()), "l0": float((terms.features > 0).sum(1).float().mean()),
             "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum())}

@@ -251,16 +251,14 @@ READERS = {SAELENS: _from_saelens, SPARSIFY: _from_sparsify}
 
 def load_foreign(directory: str | Path, device: str = "cpu"):
     """Load an SAE saved by SAELens or sparsify as this project's SAE; returns it with a cfg in our layout."""
-    from sae.model import SparseAutoencoder
+    from sae.architectures import build_sae
 
     directory = Path(directory)
     fmt = detect_format(directory)
     if fmt not in READERS:
         raise ConfigError(f"{directory} is not an SAELens or sparsify SAE directory (found: {fmt}).")
     arch, state, cfg = READERS[fmt](directory)
-    if arch != "relu":
-        raise ConfigError(f"{directory}: architecture {arch!r} is not available in this installation.")
-    sae = SparseAutoencoder(cfg["d_in"], cfg["n_features"])
+    sae = build_sae(arch, cfg["d_in"], cfg["n_features"])
     sae.load_state_dict(state)
     return sae.to(device).eval(), cfg
 

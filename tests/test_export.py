@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sae.config import ConfigError
 from sae.formats import check_matches, detect_format, load_foreign, to_saelens, to_sparsify
 from sae.io import load_sae, save_sae
-from sae.model import SparseAutoencoder
+from sae.architectures import SparseAutoencoder, build_sae
 from tests.conftest import REPO, read_json, run_script, script_env, train_tiny
 
 PROVENANCE = {"model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out", "hook_name": "blocks.2.hook_mlp_out"}
@@ -25,7 +25,7 @@ PROVENANCE = {"model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out", "
 def random_sae(d_in=24, n=96, scale=3.7, seed=0) -> SparseAutoencoder:
     """Non-trivial weights and biases, and an input scale ≠ 1, so every term of the fold is exercised."""
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(d_in, n)
+    sae = build_sae("relu", d_in, n)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.5)
