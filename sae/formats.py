@@ -168,8 +168,7 @@ def to_sparsify(state: Tensors, cfg: dict) -> tuple[dict, Tensors]:
         "transcode": False,
         "d_in": d,
         # Not sparsify fields (its loader drops unknown keys): where the activations came from.
-        "model_name": cfg.get("model"),
-        "hook_name": cfg.get("hook_name"),
+        **_provenance(cfg),
     }
     weights = {"encoder.weight": tensors["W_enc"].T.contiguous(), "encoder.bias": tensors["b_enc"],
                "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
@@ -243,7 +242,8 @@ def _from_sparsify(directory: Path) -> tuple[str, Tensors, dict]:
                           f"architecture, which this installation does not have; known: {sorted(ARCHITECTURES)}.")
     state = {"W_enc": W_enc, "b_enc": tensors["encoder.bias"], "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"],
              "input_scale": torch.ones(())}
-    return "relu", state, _native_cfg(d_in, n, "relu", cfg.get("model_name"), cfg.get("hook_name"), SPARSIFY, directory)
+    return "relu", state, _native_cfg(d_in, n, "relu", cfg.get("model_name"), cfg.get("hook_name"), SPARSIFY, directory,
+                                      cfg.get("dataset_path"), cfg.get("context_size"))
 
 
 READERS = {SAELENS: _from_saelens, SPARSIFY: _from_sparsify}

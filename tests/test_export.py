@@ -237,8 +237,11 @@ def test_export_of_a_trained_run_with_sparsity_from_cache_then_from_evaluation(r
     loaded, loaded_cfg = load_foreign(tmp_path / "from_eval")
     # What evaluate.py and the interp stage read to find the model and text: the run's own settings.
     trained = read_json(run_2024 / "sae" / "cfg.json")["train_config"]
-    assert loaded_cfg["train_config"]["model"] == {k: trained["model"][k] for k in ("name", "alias", "layer", "hook")}
-    assert loaded_cfg["train_config"]["data"] == {k: trained["data"][k] for k in ("source", "alias", "context_length")}
+    run_export(run_2024, "--format", "sparsify", tmp_path / "sparsify")
+    for export_dir in ("from_eval", "sparsify"):
+        run_cfg = load_foreign(tmp_path / export_dir)[1]["train_config"]
+        assert run_cfg["model"] == {k: trained["model"][k] for k in ("name", "alias", "layer", "hook")}
+        assert run_cfg["data"] == {k: trained["data"][k] for k in ("source", "alias", "context_length")}
     from sae.export import run_activation_cache
 
     x = run_activation_cache(load_sae(run_2024)[1]).sample(500)
