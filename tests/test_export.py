@@ -4,7 +4,6 @@ sources, loading the formats back, and `--push-to-hub` up to the upload call (th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
