@@ -11,6 +11,7 @@ architecture means adding its entry (how its extra settings and tensors are name
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -45,9 +46,23 @@ class ArchitectureMap:
     sparsify_k: Callable[[dict], int] | None
 
 
+def _batchtopk_threshold(tensors: Tensors, cfg: dict) -> tuple[dict, Tensors]:
+    """BatchTopK at inference keeps pre > θ (θ ≥ 0): a JumpReLU with θ for every latent, as SAELens saves its own."""
+    theta = float(tensors["threshold"])
+    if theta < 0:
+        raise ConfigError("this BatchTopK SAE has no inference threshold yet (it never trained a step): train it first.")
+    return {}, {"threshold": torch.full((int(cfg["n_features"]),), theta)}
+
+
 ARCHITECTURES: dict[str, ArchitectureMap] = {
     # A ReLU SAE is SAELens's "standard" one; in sparsify it is TopK with k = all latents (ReLU, then keep all).
     "relu": ArchitectureMap("standard", lambda tensors, cfg: ({}, {}), lambda cfg: int(cfg["n_features"])),
+    # ReLU of the k largest pre-activations, selected on raw pre-activations (no decoder-norm rescaling).
+    "topk": ArchitectureMap("topk", lambda tensors, cfg: ({"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}),
+                            lambda cfg: int(cfg["settings"]["k"])),
+    "batchtopk": ArchitectureMap("jumprelu", _batchtopk_threshold, None),
+    # Thresholds are in pre-activation units, which the fold leaves unchanged.
+    "jumprelu": ArchitectureMap("jumprelu", lambda tensors, cfg: ({}, {"threshold": tensors["log_threshold"].exp()}), None),
 }
 
 
@@ -214,19 +229,24 @@ def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
         raise ConfigError(f"{directory}: normalize_activations={norm!r} is applied by SAELens at run time; load it in "
                           "SAELens and save it with the normalisation folded in (normalize_activations='none').")
     tensors = {k: v.float() for k, v in load_file(directory / WEIGHTS[SAELENS]).items()}
-    if arch != "standard":
-        raise ConfigError(f"{directory}: SAELens architecture {arch!r} cannot be loaded here yet; supported: 'standard'.")
+    ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+    if arch not in ours or (arch == "topk" and cfg.get("rescale_acts_by_decoder_norm")):
+        raise ConfigError(f"{directory}: SAELens architecture {arch!r} cannot be loaded here; supported: {sorted(ours)} "
+                          "(topk without rescale_acts_by_decoder_norm).")
     state = {k: tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if not cfg.get("apply_b_dec_to_input", True):
-        # f = ReLU(x W + b) = ReLU((x − b_dec) W + b + b_dec W): the same SAE with b_dec subtracted first.
+        # f = σ(x W + b) = σ((x − b_dec) W + b + b_dec W): the same SAE with b_dec subtracted first.
         state["b_enc"] = state["b_enc"] + state["b_dec"] @ state["W_enc"]
     state["input_scale"] = torch.ones(())
+    if arch == "jumprelu":
+        state["log_threshold"] = tensors["threshold"].log()
     model = meta.get("model_name", cfg.get("model_name"))
     hook_name = meta.get("hook_name", cfg.get("hook_name"))
     d_in, n = state["W_enc"].shape
-    return "relu", state, _native_cfg(d_in, n, "relu", model, hook_name, SAELENS, directory,
-                                      meta.get("dataset_path", cfg.get("dataset_path")),
-                                      meta.get("context_size", cfg.get("context_size")))
+    native = _native_cfg(d_in, n, ours[arch], model, hook_name, SAELENS, directory,
+                         meta.get("dataset_path", cfg.get("dataset_path")), meta.get("context_size", cfg.get("context_size")))
+    native["k"] = int(cfg["k"]) if arch == "topk" else None
+    return ours[arch], state, native
 
 
 def _from_sparsify(directory: Path) -> tuple[str, Tensors, dict]:
@@ -237,13 +257,13 @@ def _from_sparsify(directory: Path) -> tuple[str, Tensors, dict]:
                           f"or groupmax); cfg: {cfg}.")
     W_enc = tensors["encoder.weight"].T.contiguous()
     d_in, n = W_enc.shape
-    if int(cfg["k"]) < n:
-        raise ConfigError(f"{directory}: a sparsify TopK SAE with k={cfg['k']} < {n} latents needs the 'topk' "
-                          f"architecture, which this installation does not have; known: {sorted(ARCHITECTURES)}.")
+    arch = "relu" if int(cfg["k"]) >= n else "topk"  # TopK over all latents is ReLU
     state = {"W_enc": W_enc, "b_enc": tensors["encoder.bias"], "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"],
              "input_scale": torch.ones(())}
-    return "relu", state, _native_cfg(d_in, n, "relu", cfg.get("model_name"), cfg.get("hook_name"), SPARSIFY, directory,
-                                      cfg.get("dataset_path"), cfg.get("context_size"))
+    native = _native_cfg(d_in, n, arch, cfg.get("model_name"), cfg.get("hook_name"), SPARSIFY, directory,
+                         cfg.get("dataset_path"), cfg.get("context_size"))
+    native["k"] = int(cfg["k"]) if arch == "topk" else None
+    return arch, state, native
 
 
 READERS = {SAELENS: _from_saelens, SPARSIFY: _from_sparsify}
@@ -258,8 +278,13 @@ def load_foreign(directory: str | Path, device: str = "cpu"):
     if fmt not in READERS:
         raise ConfigError(f"{directory} is not an SAELens or sparsify SAE directory (found: {fmt}).")
     arch, state, cfg = READERS[fmt](directory)
-    sae = build_sae(arch, cfg["d_in"], cfg["n_features"])
-    sae.load_state_dict(state)
+    k = cfg.pop("k")
+    sae = build_sae(arch, cfg["d_in"], cfg["n_features"], k=k)
+    missing, unexpected = sae.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in sae.named_buffers()}
+    if unexpected or set(missing) - buffers:  # only training-only state (dead-latent counters) may stay at its start
+        raise ConfigError(f"{directory}: weights do not fit a {arch} SAE (missing {missing}, unexpected {unexpected}).")
+    cfg["settings"] = dataclasses.asdict(sae.settings)
     return sae.to(device).eval(), cfg
 
 

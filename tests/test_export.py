@@ -21,14 +21,22 @@ from tests.conftest import REPO, read_json, run_script, script_env, train_tiny
 PROVENANCE = {"model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out", "hook_name": "blocks.2.hook_mlp_out"}
 
 
-def random_sae(d_in=24, n=96, scale=3.7, seed=0) -> SparseAutoencoder:
-    """Non-trivial weights and biases, and an input scale ≠ 1, so every term of the fold is exercised."""
+K = 8  # active latents of the TopK-style test SAEs
+
+
+def random_sae(d_in=24, n=96, scale=3.7, seed=0, arch="relu") -> SparseAutoencoder:
+    """Non-trivial weights, biases and thresholds, and an input scale ≠ 1, so every term of the fold is exercised."""
     torch.manual_seed(seed)
-    sae = build_sae("relu", d_in, n)
+    sae = build_sae(arch, d_in, n, k=K if arch in ("topk", "batchtopk") else None)
     with torch.no_grad():
+        sae.W_enc.normal_(0, 1 / d_in**0.5)
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.5)
         sae.input_scale.fill_(scale)
+        if arch == "jumprelu":
+            sae.log_threshold.copy_(torch.empty(n).uniform_(0.05, 0.8).log())
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.4)
     return sae
 
 
@@ -38,19 +46,26 @@ def assert_same_sae(a: SparseAutoencoder, b: SparseAutoencoder, x: torch.Tensor)
     torch.testing.assert_close(b.decode(fa), a.decode(fa), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
-def test_export_folds_the_input_scale_and_loads_back_identical(tmp_path, fmt):
+# (architecture, format, the architecture it loads back as): BatchTopK's inference rule is a JumpReLU.
+ROUND_TRIPS = [("relu", "saelens", "relu"), ("relu", "sparsify", "relu"), ("topk", "saelens", "topk"),
+               ("topk", "sparsify", "topk"), ("batchtopk", "saelens", "jumprelu"), ("jumprelu", "saelens", "jumprelu")]
+
+
+@pytest.mark.parametrize("arch,fmt,loaded_arch", ROUND_TRIPS)
+def test_export_folds_the_input_scale_and_loads_back_identical(tmp_path, arch, fmt, loaded_arch):
     from sae.export import export
 
-    sae = random_sae()
+    sae = random_sae(arch=arch)
     save_sae(sae, tmp_path / "run" / "sae", PROVENANCE)
     out = export(tmp_path / "run", fmt, tmp_path / "out", sparsity=False)
     assert detect_format(out) == fmt and detect_format(tmp_path / "run" / "sae") == "native"
     loaded, cfg = load_foreign(out)
+    assert loaded.name == cfg["architecture"] == loaded_arch
     assert float(loaded.input_scale) == 1.0  # folded, not carried
     x = torch.randn(200, 24) * 2
     assert_same_sae(sae, loaded, x)
-    assert (sae.encode(x) > 0).float().mean() > 0.1  # the comparison is over features that fire
+    fired = (sae.encode(x) > 0).float().sum(1)
+    assert fired.mean() > 2 and (fired < 96).all()  # the comparison is over features that fire, and not all of them
     assert cfg["model"] == "embedded:smollm2" and cfg["hook_name"] == "blocks.2.hook_mlp_out"
     assert (cfg["layer"], cfg["hook"], cfg["format"]) == (2, "hook_mlp_out", fmt)
 
@@ -71,6 +86,12 @@ def test_saelens_layout_names_shapes_and_keys():
     f = torch.relu((x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"])
     torch.testing.assert_close(f, sae.encode(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f @ tensors["W_dec"] + tensors["b_dec"], sae.decode(sae.encode(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_refuses_architectures_it_cannot_run(tmp_path):
+    sae = random_sae(arch="jumprelu")
+    with pytest.raises(ConfigError, match="export it with --format saelens"):
+        to_sparsify(sae.state_dict(), {**PROVENANCE, **sae.config_dict()})
 
 
 def test_sparsify_layout_is_topk_over_all_latents():

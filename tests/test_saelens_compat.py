@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from sae.export import export
 from sae.io import save_sae
 from tests.conftest import REPO
-from tests.test_export import PROVENANCE, random_sae
+from tests.test_export import K, PROVENANCE, random_sae
 
 SAELENS_PYTHON = Path(os.environ.get("SAELENS_PYTHON", REPO / ".venv-saelens" / "bin" / "python"))
 BUILD = "bash scripts/setup_saelens.sh"
@@ -72,9 +72,8 @@ def run_foreign(python: Path, snippet: str, export_dir: Path, x: torch.Tensor, t
     return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(tmp_path / "outputs.safetensors")
 
 
-@pytest.fixture
-def exported_sae(tmp_path):
-    sae = random_sae(d_in=64, n=512, scale=2.5)
+def exported_sae(tmp_path, arch="relu"):
+    sae = random_sae(d_in=64, n=512, scale=2.5, arch=arch)
     save_sae(sae, tmp_path / "run" / "sae", PROVENANCE)
     torch.manual_seed(7)
     return sae, tmp_path / "run", torch.randn(300, 64) * 2
@@ -84,26 +83,31 @@ def assert_matches_ours(sae, x: torch.Tensor, theirs: dict) -> None:
     with torch.no_grad():
         f = sae.encode(x)
         x_hat = sae.decode(f)
-    assert (f > 0).float().mean() > 0.1  # enough live features for the comparison to mean something
+    fired = (f > 0).float().sum(1)
+    assert fired.mean() > 2 and (fired < f.shape[1]).all()  # enough live features for the comparison to mean something
     torch.testing.assert_close(theirs["f"], f, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(theirs["x_hat"], x_hat, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(theirs["forward"], x_hat, rtol=1e-5, atol=1e-5)
 
 
-def test_saelens_loads_our_export_and_encodes_like_ours(exported_sae, tmp_path):
+@pytest.mark.parametrize("arch,their_class,their_arch", [("relu", "StandardSAE", "standard"), ("topk", "TopKSAE", "topk"),
+                                                         ("batchtopk", "JumpReLUSAE", "jumprelu"),
+                                                         ("jumprelu", "JumpReLUSAE", "jumprelu")])
+def test_saelens_loads_our_export_and_encodes_like_ours(tmp_path, arch, their_class, their_arch):
     python = foreign_python("sae_lens")
-    sae, run_dir, x = exported_sae
+    sae, run_dir, x = exported_sae(tmp_path, arch)
     out = export(run_dir, "saelens", tmp_path / "saelens", sparsity=False)
     info, theirs = run_foreign(python, SAELENS_SNIPPET, out, x, tmp_path)
-    assert (info["class"], info["architecture"]) == ("StandardSAE", "standard")
+    assert (info["class"], info["architecture"]) == (their_class, their_arch)
     assert (info["model_name"], info["hook_name"]) == ("embedded:smollm2", "blocks.2.hook_mlp_out")
     assert_matches_ours(sae, x, theirs)
 
 
-def test_sparsify_loads_our_export_and_encodes_like_ours(exported_sae, tmp_path):
+@pytest.mark.parametrize("arch,k", [("relu", 512), ("topk", K)])
+def test_sparsify_loads_our_export_and_encodes_like_ours(tmp_path, arch, k):
     python = foreign_python("sparsify")
-    sae, run_dir, x = exported_sae
+    sae, run_dir, x = exported_sae(tmp_path, arch)
     out = export(run_dir, "sparsify", tmp_path / "sparsify")
     info, theirs = run_foreign(python, SPARSIFY_SNIPPET, out, x, tmp_path)
-    assert (info["class"], info["k"]) == ("SparseCoder", 512)
+    assert (info["class"], info["k"]) == ("SparseCoder", k)
     assert_matches_ours(sae, x, theirs)
