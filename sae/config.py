@@ -119,6 +119,9 @@ class SAEConfig:
     batch_size: int = 4096
     tokens: int = 2_000_000_000  # training token budget; steps = tokens // batch_size
     dtype: str = "float32"  # "float32" or "bf16" (bf16 autocast)
+    # Training products over active latents only (sae/sparse.py): "auto" (per batch, by the active
+    # fraction; dense on GPUs and under bf16), "dense", or "sparse" (always; float32 only).
+    sparse_kernel: str = "auto"
     scale_inputs: bool = False  # scale inputs so that E||x|| = sqrt(d) (a fixed factor measured on a sample)
     b_dec_init: str = "geometric_median"  # pre-encoder bias at the start: "geometric_median", "mean" or "zeros"
     l1_warmup_fraction: float = 0.0  # λ ramps up linearly over this fraction of the steps
@@ -152,6 +155,10 @@ class SAEConfig:
             "raise sae.tokens or lower sae.batch_size.",
         )
         _require(self.dtype in ("float32", "bf16"), f"sae.dtype={self.dtype!r}: use float32 or bf16.")
+        _require(self.sparse_kernel in ("auto", "dense", "sparse"),
+                 f"sae.sparse_kernel={self.sparse_kernel!r}: use auto, dense or sparse.")
+        _require(self.sparse_kernel != "sparse" or self.dtype == "float32",
+                 f"sae.sparse_kernel=sparse needs sae.dtype=float32 (not {self.dtype!r}): use sae.sparse_kernel=auto.")
         b_dec_inits = ("geometric_median", "mean", "zeros")
         _require(self.b_dec_init in b_dec_inits, f"sae.b_dec_init={self.b_dec_init!r}: use one of {', '.join(b_dec_inits)}.")
         _require(0 <= self.l1_warmup_fraction < 1, f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1).")
