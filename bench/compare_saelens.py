@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sae.activations import build_cache  # noqa: E402
+from sae.architectures import SparseAutoencoder  # noqa: E402
+from sae.architectures import build_sae as build_architecture  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
 from sae.datamodule import ActivationDataModule  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
-from sae.architectures import SparseAutoencoder, build_sae as build_architecture  # noqa: E402
 from sae.module import SAETrainingModule, l1_warmup_factor, lr_decay_factor  # noqa: E402
 from train import build_sae  # noqa: E402
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from sae.config import ActivationsConfig, ConfigError, DataConfig, ModelConfig, to_objects
-from sae.formats import CONFIG, SAELENS, SPARSITY, SPARSIFY, WEIGHTS, to_saelens, to_sparsify
+from sae.formats import CONFIG, SAELENS, SPARSIFY, SPARSITY, WEIGHTS, to_saelens, to_sparsify
 from sae.metrics import log10_density
 
 WRITERS = {SAELENS: to_saelens, SPARSIFY: to_sparsify}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -58,7 +58,8 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     # A ReLU SAE is SAELens's "standard" one; in sparsify it is TopK with k = all latents (ReLU, then keep all).
     "relu": ArchitectureMap("standard", lambda tensors, cfg: ({}, {}), lambda cfg: int(cfg["n_features"])),
     # ReLU of the k largest pre-activations, selected on raw pre-activations (no decoder-norm rescaling).
-    "topk": ArchitectureMap("topk", lambda tensors, cfg: ({"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}),
+    "topk": ArchitectureMap("topk",
+                            lambda tensors, cfg: ({"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}),
                             lambda cfg: int(cfg["settings"]["k"])),
     "batchtopk": ArchitectureMap("jumprelu", _batchtopk_threshold, None),
     # Thresholds are in pre-activation units, which the fold leaves unchanged.

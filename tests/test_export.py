@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sae.architectures import SparseAutoencoder, build_sae
 from sae.config import ConfigError
 from sae.formats import check_matches, detect_format, load_foreign, to_saelens, to_sparsify
 from sae.io import load_sae, save_sae
-from sae.architectures import SparseAutoencoder, build_sae
 from tests.conftest import REPO, read_json, run_script, script_env, train_tiny
 
 PROVENANCE = {"model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out", "hook_name": "blocks.2.hook_mlp_out"}

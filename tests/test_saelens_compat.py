@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from sae.export import export
 from sae.io import save_sae
 from tests.conftest import REPO
-from tests.test_export import K, PROVENANCE, random_sae
+from tests.test_export import PROVENANCE, K, random_sae
 
 SAELENS_PYTHON = Path(os.environ.get("SAELENS_PYTHON", REPO / ".venv-saelens" / "bin" / "python"))
 BUILD = "bash scripts/setup_saelens.sh"
