@@ -10,7 +10,6 @@ these weights, else from the run's activation cache (`--density-tokens` of them,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -27,13 +26,10 @@ from sae.metrics import log10_density
 WRITERS = {SAELENS: to_saelens, SPARSIFY: to_sparsify}
 
 
-def weights_digest(sae_dir: Path) -> str:
-    """The identity under which evaluate.py stores its parts for these weights."""
-    return hashlib.sha256((sae_dir / WEIGHTS["native"]).read_bytes()).hexdigest()[:16]
-
-
 def density_from_evaluation(sae_dir: Path) -> tuple[torch.Tensor, int] | None:
     """Fire counts from `eval/parts/density.json` of the run, if it was computed for these exact weights."""
+    from sae.eval_metrics import weights_digest
+
     run_dir = sae_dir.parent if sae_dir.name == "sae" else sae_dir
     part = run_dir / "eval" / "parts" / "density.json"
     if not part.is_file():
