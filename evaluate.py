@@ -3,6 +3,7 @@
     python evaluate.py sae_path=outputs/<model>/<data>/<run>            # stage=metrics (default)
     python evaluate.py sae_path=... stage=interp                        # automated interpretability (sae.interp)
     python evaluate.py sae_path=... stage=all metrics.ce_tokens=32768
+    python evaluate.py sae_path=... stage=dashboard | serve | rubric_report   # feature browser (sae.dashboard)
 
 The metrics stage writes `metrics.json` (reconstruction_score, kl_score, ce_*, l0, explained_variance,
 mse, cosine_similarity, norm_ratio, dead_fraction, ultralow_fraction, decoder cosines of rare features
@@ -30,12 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 from sae.config import (ActivationsConfig, ConfigError, DataConfig, LoggerConfig, ModelConfig, register_configs,
                         to_objects)
 from sae.eval_config import EvaluateConfig, register_eval_configs
+from sae.dashboard.config import register_dashboard_configs
 from sae.interp.config import register_interp_configs
 from sae.io import WEIGHTS, find_sae_dir, load_sae
 
 register_configs()
 register_eval_configs()
 register_interp_configs()
+register_dashboard_configs()
 
 
 class PartStore:
@@ -192,7 +195,8 @@ def interp_stage(cfg: EvaluateConfig, sae_dir: Path, eval_dir: Path, run: dict) 
     return run_interp(sae_dir, interp, explainer, eval_dir, logger=run["logger"])
 
 
-STAGES = {"metrics": ("metrics",), "interp": ("interp",), "all": ("metrics", "interp")}
+STAGES = {"metrics": ("metrics",), "interp": ("interp",), "all": ("metrics", "interp"),
+          "dashboard": ("dashboard",), "serve": ("serve",), "rubric_report": ("rubric_report",)}
 
 
 def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
@@ -204,8 +208,15 @@ def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
     for stage in STAGES[cfg.stage]:
         if stage == "metrics":
             results["metrics"] = metrics_stage(cfg, sae_dir, eval_dir, run, sae_cfg)
-        else:
+        elif stage == "interp":
             results["interp"] = interp_stage(cfg, sae_dir, eval_dir, run)
+        else:  # the feature browser (sae.dashboard.stages): dashboard | serve | rubric_report
+            from sae.dashboard import stages
+
+            settings = stages.dashboard_config(cfg.dashboard)
+            if cfg.units is not None:
+                settings = dataclasses.replace(settings, units=[cfg.units])
+            results[stage] = getattr(stages, f"run_{stage}")(settings, sae_dir, eval_dir, run)
     return results
 
 

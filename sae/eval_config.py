@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from sae.config import ConfigError, _require
 
-STAGES = ("metrics", "interp", "all")
+STAGES = ("metrics", "interp", "all", "dashboard", "serve", "rubric_report")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class MetricsConfig:
 @dataclass
 class EvaluateConfig:
     sae_path: str = MISSING  # the SAE directory (sae.safetensors + cfg.json) or its training run directory
-    stage: str = "metrics"  # metrics | interp | all
+    stage: str = "metrics"  # metrics | interp | all | dashboard | serve | rubric_report
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Overrides of the training run's model / data / activations / logger settings.
     model: Dict[str, Any] = field(default_factory=dict)
@@ -56,6 +56,8 @@ class EvaluateConfig:
     interp: Optional[Any] = None
     explainer: Optional[Any] = None
     units: Optional[str] = None  # shorthand for interp.units: features | neurons
+    # Settings of the feature browser (sae/dashboard/config.py, conf/dashboard/default.yaml).
+    dashboard: Optional[Any] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
