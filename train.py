@@ -26,8 +26,8 @@ from callbacks.density import FeatureDensityCallback
 from callbacks.reconstruction import ReconstructionScoreCallback
 from callbacks.resampling import NeuronResamplingCallback
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
+from sae.architectures import SparseAutoencoder, get_architecture
 from sae.io import WEIGHTS, save_sae
-from sae.model import SparseAutoencoder, geometric_median
 from sae.module import SAETrainingModule
 from sae.lm import lazy_bridge
 from sae.progress import StepProgressBar
@@ -67,16 +67,15 @@ def activation_batches(cfg: TrainConfig, bridge, seed: int):
 
 
 def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
-    """Initialise as the recipe says: decoder norms, encoder tie, input scale, b_dec."""
+    """The configured architecture, initialised as it defines, then input scale and b_dec from the data sample."""
     s = cfg.sae
     d_in = sample.shape[1]
-    sae = SparseAutoencoder(d_in, d_in * s.expansion)
-    sae.reset_parameters(decoder_norm=s.init_decoder_norm, tie_encoder=s.init_decoder_norm is not None and not s.unit_norm_decoder)
-    with torch.no_grad():
-        if s.scale_inputs:
-            sae.input_scale.fill_(d_in**0.5 / sample.norm(dim=1).mean().clamp_min(1e-12))
-        if s.b_dec_init == "geometric_median":
-            sae.b_dec.copy_(geometric_median(sample[:4096] * sae.input_scale))
+    architecture = get_architecture(s.architecture)
+    settings = s.architecture_settings()
+    if getattr(settings, "k", None) is not None and settings.k > d_in * s.expansion:
+        raise ConfigError(f"sae.k={settings.k} exceeds the SAE's {d_in * s.expansion} features (d_in {d_in} x sae.expansion={s.expansion}).")
+    sae = architecture(d_in, d_in * s.expansion, settings)
+    sae.initialise_from_data_(sample, s.scale_inputs, s.b_dec_init)
     return sae
 
 

@@ -22,9 +22,8 @@ from sae.activations import build_cache, harvest  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
 from sae.datamodule import ActivationDataModule, CachedBatches  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
-from sae.model import SparseAutoencoder  # noqa: E402
+from sae.architectures import ReLUSAE as SparseAutoencoder  # noqa: E402
 from sae.module import SAETrainingModule  # noqa: E402
-from sae.objective import sae_loss  # noqa: E402
 
 
 def bare_loop(sae: SparseAutoencoder, batches, cfg: SAEConfig, autocast: bool) -> float:
@@ -33,12 +32,12 @@ def bare_loop(sae: SparseAutoencoder, batches, cfg: SAEConfig, autocast: bool) -
     start = time.perf_counter()
     for x in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = sae_loss(sae, x, cfg.l1_coefficient).total
+            loss = sae.loss(x, cfg.l1_coefficient).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        sae.remove_parallel_decoder_grad_()
+        sae.before_optimizer_step_()
         opt.step()
-        sae.normalize_decoder_()
+        sae.after_optimizer_step_()
     return time.perf_counter() - start
 
 

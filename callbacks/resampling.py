@@ -36,8 +36,7 @@ class NeuronResamplingCallback(L.Callback):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             inputs = sample_by_loss_squared(
                 pl_module.sae, self.input_batches(self.seed + step), len(dead), self.schedule.n_inputs,
-                pl_module.l1_coefficient(), pl_module.cfg.l1_weighted_by_decoder_norm, pl_module.cfg.sum_squared_error,
-                generator,
+                pl_module.l1_coefficient(), generator,
             )
             resample_features_(pl_module.sae, trainer.optimizers[0], dead, inputs, self.cfg.encoder_scale)
             pl_module.steps_since_fired[dead] = 0  # give them a full window before they can be called dead again

@@ -105,30 +105,44 @@ class ResampleConfig:
 
 @dataclass
 class SAEConfig:
-    # "anthropic_2023": unit-norm decoder + resampling; "anthropic_2024": decoder-norm-weighted L1.
+    # Readable name of the configuration (conf/sae/<recipe>.yaml), e.g. "anthropic_2023", "topk".
     recipe: str = "anthropic_2023"
+    # The architecture (sae/architectures/): relu, topk, batchtopk, jumprelu.
+    architecture: str = "relu"
     expansion: int = 8
+    # λ of the sparsity penalty: L1 for relu, L0 for jumprelu; 0 for topk/batchtopk (sparsity is sae.k).
     l1_coefficient: float = 3e-4
+    # Active latents per input (topk; on average per input for batchtopk); null for penalty architectures.
+    k: Optional[int] = None
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     batch_size: int = 4096
     tokens: int = 2_000_000_000  # training token budget; steps = tokens // batch_size
     dtype: str = "float32"  # "float32" or "bf16" (bf16 autocast)
-    unit_norm_decoder: bool = True
-    l1_weighted_by_decoder_norm: bool = False
-    sum_squared_error: bool = False  # 2024: ||x - x̂||² summed over dims; 2023: mean
-    scale_inputs: bool = False  # 2024: scale inputs so that E||x|| = sqrt(d)
-    b_dec_init: str = "geometric_median"  # or "zeros"
-    init_decoder_norm: Optional[float] = None  # 2024: 0.1, with W_enc = W_dec^T
-    l1_warmup_fraction: float = 0.0
-    lr_decay_fraction: float = 0.0
+    scale_inputs: bool = False  # scale inputs so that E||x|| = sqrt(d) (a fixed factor measured on a sample)
+    b_dec_init: str = "geometric_median"  # pre-encoder bias at the start: "geometric_median", "mean" or "zeros"
+    l1_warmup_fraction: float = 0.0  # λ ramps up linearly over this fraction of the steps
+    lr_decay_fraction: float = 0.0  # lr decays linearly to 0 over this last fraction of the steps
     grad_clip: Optional[float] = None
+    # The architecture's own settings: the fields of its Settings dataclass in sae/architectures/<name>.py.
+    settings: dict[str, Any] = field(default_factory=dict)
     resample: ResampleConfig = field(default_factory=ResampleConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from sae.architectures import ARCHITECTURES
+
+        _require(self.architecture in ARCHITECTURES,
+                 f"sae.architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+        arch = ARCHITECTURES[self.architecture]
         _require(1 <= self.expansion <= 1024, f"sae.expansion={self.expansion} must be between 1 and 1024 (the paper used 1x-256x).")
         _require(self.l1_coefficient >= 0, f"sae.l1_coefficient={self.l1_coefficient} must be >= 0.")
+        if arch.sparsity_knob == "k":
+            _require(self.k is not None and self.k >= 1, f"sae.k={self.k}: {self.architecture} needs the number of active latents, e.g. sae.k=32.")
+            _require(self.l1_coefficient == 0, f"sae.l1_coefficient={self.l1_coefficient} has no effect on {self.architecture} "
+                     "(its sparsity is sae.k): set sae.l1_coefficient=0.")
+        else:
+            _require(self.k is None, f"sae.k={self.k} has no effect on {self.architecture} (its sparsity is sae.l1_coefficient): set sae.k=null.")
         _require(self.lr > 0, f"sae.lr={self.lr} must be > 0.")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"sae.betas={self.betas} must be two numbers in [0, 1).")
         _require(self.batch_size > 0, f"sae.batch_size={self.batch_size} must be > 0.")
@@ -138,9 +152,20 @@ class SAEConfig:
             "raise sae.tokens or lower sae.batch_size.",
         )
         _require(self.dtype in ("float32", "bf16"), f"sae.dtype={self.dtype!r}: use float32 or bf16.")
-        _require(self.b_dec_init in ("geometric_median", "zeros"), f"sae.b_dec_init={self.b_dec_init!r}: use geometric_median or zeros.")
+        b_dec_inits = ("geometric_median", "mean", "zeros")
+        _require(self.b_dec_init in b_dec_inits, f"sae.b_dec_init={self.b_dec_init!r}: use one of {', '.join(b_dec_inits)}.")
         _require(0 <= self.l1_warmup_fraction < 1, f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1).")
         _require(0 <= self.lr_decay_fraction <= 1, f"sae.lr_decay_fraction={self.lr_decay_fraction} must be in [0, 1].")
+        _require(not self.resample.enabled or arch.supports_resampling,
+                 f"sae.resample.enabled=true: {self.architecture} does not use dead-neuron resampling "
+                 f"(its remedy for dead latents: {arch.dead_latent_remedy}); set sae.resample.enabled=false.")
+        self.architecture_settings()  # bad keys or values fail here, naming the field
+
+    def architecture_settings(self) -> Any:
+        """The typed settings object of `architecture` (with `k` where it is the sparsity knob)."""
+        from sae.architectures import build_settings
+
+        return build_settings(self.architecture, self.settings, self.k)
 
     @property
     def total_steps(self) -> int:

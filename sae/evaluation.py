@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from sae.config import DataConfig
 from sae.metrics import recovered_fraction
-from sae.model import SparseAutoencoder
+from sae.architectures import SparseAutoencoder
 from sae.text import batched, iter_contexts, iter_texts
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]

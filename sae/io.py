@@ -1,25 +1,33 @@
-"""The trained SAE on disk: `sae.safetensors` (weights, no pickle) and `cfg.json` (shape and provenance)."""
+"""The trained SAE on disk: `sae.safetensors` (weights, no pickle) and `cfg.json` (architecture, shape, provenance)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sae.model import SparseAutoencoder
+from sae.architectures import ARCHITECTURES, SparseAutoencoder, build_settings
+from sae.config import ConfigError
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
+# cfg.json files written before architectures were recorded hold a ReLU SAE.
+LEGACY_ARCHITECTURE = "relu"
+
+
+class SAEFileError(ValueError):
+    """A saved SAE that cannot be loaded; the message names the file and what to do."""
 
 
 def save_sae(sae: SparseAutoencoder, directory: str | Path, provenance: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in sae.state_dict().items()}
+    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in sae.state_dict().items()}
     save_file(tensors, directory / (WEIGHTS + ".tmp"))
     (directory / (WEIGHTS + ".tmp")).rename(directory / WEIGHTS)
-    (directory / CONFIG).write_text(json.dumps({**sae.config_dict(), **provenance}, indent=2, default=str))
+    (directory / CONFIG).write_text(json.dumps({**provenance, **sae.config_dict()}, indent=2, default=str))
     return directory
 
 
@@ -32,10 +40,40 @@ def find_sae_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} in {path} or {path / 'sae'}: point at a finished training run or its sae/ directory.")
 
 
+def read_sae_config(directory: Path) -> dict:
+    path = directory / CONFIG
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SAEFileError(f"{path} is not valid JSON ({exc}): the file is corrupt; retrain or restore it.") from None
+    missing = [key for key in ("d_in", "n_features") if not isinstance(cfg, dict) or key not in cfg]
+    if missing:
+        raise SAEFileError(f"{path} lacks {', '.join(missing)}: not an SAE config written by save_sae; retrain or restore it.")
+    return cfg
+
+
 def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict]:
-    """Load a trained SAE; returns it with its cfg.json (model name, layer, hook, training config)."""
+    """Load a trained SAE as its own architecture; returns it with its cfg.json (model name, layer, hook, training config)."""
     directory = find_sae_dir(path)
-    cfg = json.loads((directory / CONFIG).read_text())
-    sae = SparseAutoencoder(cfg["d_in"], cfg["n_features"])
-    sae.load_state_dict(load_file(directory / WEIGHTS))
+    cfg = read_sae_config(directory)
+    name = cfg.get("architecture", LEGACY_ARCHITECTURE)
+    if name not in ARCHITECTURES:
+        raise SAEFileError(f"{directory / CONFIG} names architecture {name!r}, which this version does not know "
+                           f"(known: {', '.join(ARCHITECTURES)}): update the code or check the file.")
+    try:
+        settings = build_settings(name, cfg.get("settings"))
+    except ConfigError as exc:
+        raise SAEFileError(f"{directory / CONFIG}: {exc}") from None
+    sae = ARCHITECTURES[name](int(cfg["d_in"]), int(cfg["n_features"]), settings)
+    try:
+        state = load_file(directory / WEIGHTS)
+    except (SafetensorError, OSError) as exc:
+        raise SAEFileError(f"{directory / WEIGHTS} cannot be read ({exc}): the file is corrupt or truncated; retrain or restore it.") from None
+    try:
+        sae.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise SAEFileError(f"{directory / WEIGHTS} does not hold a {name} SAE of d_in={cfg['d_in']}, n_features={cfg['n_features']} "
+                           f"as {CONFIG} says ({reason}).") from None
     return sae.to(device).eval(), cfg
+

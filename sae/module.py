@@ -7,8 +7,7 @@ import torch
 
 from sae.config import SAEConfig
 from sae.metrics import explained_variance
-from sae.model import SparseAutoencoder
-from sae.objective import sae_loss
+from sae.architectures import SparseAutoencoder
 
 
 def l1_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
@@ -46,7 +45,7 @@ class SAETrainingModule(L.LightningModule):
         return self.cfg.l1_coefficient * l1_warmup_factor(self.global_step, self.total_steps, self.cfg.l1_warmup_fraction)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        terms = sae_loss(self.sae, batch, self.l1_coefficient(), self.cfg.l1_weighted_by_decoder_norm, self.cfg.sum_squared_error)
+        terms = self.sae.loss(batch, self.l1_coefficient())
         with torch.no_grad():
             fired = terms.features > 0
             fired_any = fired.any(dim=0)
@@ -64,7 +63,8 @@ class SAETrainingModule(L.LightningModule):
         metrics = {
             "train/loss": terms.total,
             "train/reconstruction_loss": terms.reconstruction,
-            "train/l1_loss": terms.l1,
+            "train/sparsity_loss": terms.sparsity,
+            "train/aux_loss": terms.auxiliary,
             "train/l0": l0,
             "train/explained_variance": explained_variance(batch.float(), terms.x_hat.float()),
             "train/l1_coefficient": self.l1_coefficient(),
@@ -82,12 +82,10 @@ class SAETrainingModule(L.LightningModule):
         self.last_metrics = checkpoint.get("last_metrics", {})
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.cfg.unit_norm_decoder:
-            self.sae.remove_parallel_decoder_grad_()
+        self.sae.before_optimizer_step_()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.cfg.unit_norm_decoder:
-            self.sae.normalize_decoder_()
+        self.sae.after_optimizer_step_()
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))

@@ -14,8 +14,7 @@ from typing import Iterable
 import torch
 
 from sae.config import ResampleConfig
-from sae.model import SparseAutoencoder
-from sae.objective import per_input_terms
+from sae.architectures import ReLUSAE
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,11 @@ def dead_features(steps_since_fired: torch.Tensor, dead_window: int) -> torch.Te
 
 @torch.no_grad()
 def sample_by_loss_squared(
-    sae: SparseAutoencoder,
+    sae: ReLUSAE,
     batches: Iterable[torch.Tensor],
     n_samples: int,
     n_inputs: int,
     l1_coefficient: float,
-    l1_weighted_by_decoder_norm: bool = False,
-    sum_squared_error: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw `n_samples` of the first `n_inputs` inputs, without replacement, with probability ∝ loss².
@@ -61,7 +58,7 @@ def sample_by_loss_squared(
         x = batch[: n_inputs - seen].float().to(sae.W_dec.device)
         seen += len(x)
         x_hat, f = sae(x)
-        reconstruction, l1 = per_input_terms(sae, x, x_hat, f, l1_weighted_by_decoder_norm, sum_squared_error)
+        reconstruction, l1 = sae.per_input_loss(x, x_hat, f)
         weight = (reconstruction + l1_coefficient * l1).double().pow(2).cpu()
         u = torch.rand(len(x), generator=generator, dtype=torch.float64).clamp_min(1e-300)
         keys = u.log() / weight  # weight 0 -> -inf: never chosen before a positive-weight input
@@ -78,7 +75,7 @@ def sample_by_loss_squared(
 
 @torch.no_grad()
 def resample_features_(
-    sae: SparseAutoencoder,
+    sae: ReLUSAE,
     optimizer: torch.optim.Optimizer,
     dead: torch.Tensor,
     inputs: torch.Tensor,

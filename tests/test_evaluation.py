@@ -14,7 +14,7 @@ from sae.evaluation import (activation_stats, heldout_tokens, mean_pairwise_cosi
                             spliced_loss)
 from sae.lm import bos_token_id, hook_name, load_language_model
 from sae.metrics import explained_variance
-from sae.model import SparseAutoencoder
+from sae.architectures import ReLUSAE as SparseAutoencoder
 
 MODEL = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=2)
 DATA = DataConfig(source="wiki_offline", alias="wiki", context_length=32)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from callbacks.resampling import NeuronResamplingCallback
 from sae.config import ResampleConfig, SAEConfig
-from sae.model import SparseAutoencoder
+from sae.architectures import ReLUSAE as SparseAutoencoder
 from sae.module import SAETrainingModule
 from sae.resampling import resample_schedule, sample_by_loss_squared
 

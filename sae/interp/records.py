@@ -58,8 +58,8 @@ def unit_encoder(sae, units: str, candidates: list[int]) -> Callable[[torch.Tens
     idx = torch.tensor(candidates, dtype=torch.long)
     if units == "neurons":
         return lambda x: x[..., idx]
-    w, b = sae.W_enc[:, idx], sae.b_enc[idx]  # only the candidates: cheap even for a wide SAE
-    return lambda x: torch.relu((x * sae.input_scale - sae.b_dec) @ w + b)
+    # The architecture's own encode (a TopK selection needs every latent's pre-activation).
+    return lambda x: sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype))[..., idx.to(sae.W_enc.device)].to(x.device)
 
 
 @torch.no_grad()
