@@ -13,7 +13,7 @@ from sae.config import ConfigError
 from sae.dashboard.config import DashboardConfig
 from sae.dashboard.data import DashboardStore, build_units, choose_contexts
 from sae.dashboard.units import UnitSpace
-from sae.model import SparseAutoencoder
+from sae.architectures import build_sae
 
 BOS = 0
 
@@ -80,7 +80,7 @@ def test_quantile_samples_cover_the_bins_of_a_wide_unit():
 
 def test_features_read_through_encode_and_resume_in_parts(tmp_path):
     torch.manual_seed(0)
-    sae = SparseAutoencoder(6, 5)
+    sae = build_sae("relu", 6, 5)
     ids = torch.randint(1, 50, (10, 8))
     acts = torch.randn(10, 8, 6)
     c = cfg()

@@ -14,7 +14,7 @@ import torch
 
 from sae.config import DataConfig, ModelConfig
 from sae.io import save_sae
-from sae.model import SparseAutoencoder
+from sae.architectures import SparseAutoencoder, build_sae
 
 LAYER = 29  # the last block: its output goes straight to the final norm and the unembedding
 HOOK = "hook_resid_post"
@@ -39,7 +39,7 @@ def known_sae(bridge, scale: float = 8.0, seed: int = 0) -> tuple[SparseAutoenco
     """(sae, token feature, target token id)."""
     d = bridge.cfg.d_model
     token = bridge.tokenizer.encode(TARGET_TOKEN_TEXT, add_special_tokens=False)[0]
-    sae = SparseAutoencoder(d, 2 * d + 2)
+    sae = build_sae("relu", d, 2 * d + 2)
     g = torch.Generator().manual_seed(seed)
     control = torch.randn(d, generator=g)
     with torch.no_grad():
@@ -81,7 +81,7 @@ def write_synthetic_site(root: Path, n_features: int = 4608, d: int = 64, n_cont
     from sae.lm import embedded_model_dir
 
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(d, n_features)
+    sae = build_sae("relu", d, n_features)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(d, n_features) / d ** 0.5)
         sae.b_enc.copy_(-1.2 - torch.rand(n_features))  # sparse, with a spread of densities
