@@ -55,7 +55,7 @@ class EvaluateConfig:
     # Settings of the interpretability stage (sae.interp); filled by its own config files.
     interp: Optional[Any] = None
     explainer: Optional[Any] = None
-    units: Optional[str] = None  # shorthand for interp.units: features | neurons
+    units: Optional[str] = None  # shorthand for interp.units (and dashboard.units): features | neurons
     # Settings of the feature browser (sae/dashboard/config.py, conf/dashboard/default.yaml).
     dashboard: Optional[Any] = None
     seed: int = 0

@@ -101,6 +101,31 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
         assert len(steering) == 1 and len(next(iter(steering.values()))["samples"]) == 1
     assert (site / "index.html").exists() and (site / "app.js").exists()
 
+    # stage=serve's server: pinned sampling on demand through the real endpoint (this test's model)
+    import http.client
+    import threading
+
+    from sae.dashboard.config import DashboardConfig
+    from sae.dashboard.server import DashboardServer
+    from sae.dashboard.stages import Session, steerer
+
+    cfg = DashboardConfig(steering_tokens=2)
+    session = Session(sae_dir, eval_dir, {"model": model_config(), "data": data}, cfg)
+    session.bridge = lambda: bridge
+    srv = DashboardServer(session.site, session.db, "127.0.0.1", 0, steerer=steerer(session, cfg))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=300)
+        conn.request("POST", "/api/steer", json.dumps({"kind": "features", "unit": feature, "multiple": 5, "prompt": "The"}),
+                     {"Content-Type": "application/json"})
+        res = conn.getresponse()
+        steered = json.loads(res.read())
+        assert res.status == 200 and steered["value"] == pytest.approx(5.0)
+        assert steered["samples"][0]["prompt"] == "The" and steered["samples"][0]["pinned"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
     from sae.dashboard import rubric
 
     db = rubric.connect(eval_dir / "ratings.sqlite")

@@ -169,6 +169,13 @@ window.DASH = (function () {
       h("section", {}, h("div", { class: "controls" }, h("label", {}, "filter ", filter), h("label", {}, "min log10 density ", minD)),
         h("table", { id: "units-table" }, thead, tbody), pager));
     renderRows(kind, tbody, pager);
+    if (S.server) {  // ratings saved since the site was written
+      api("GET", "api/ratings").then((r) => {
+        Object.assign(ix.rubric, r[kind] || {});
+        if (S.sortKey === "rubric") S.orderFor = null;
+        if (document.body.contains(tbody)) renderRows(kind, tbody, pager);
+      }).catch(() => {});
+    }
     document.body.setAttribute("data-ready", "index");
   }
 
