@@ -24,7 +24,9 @@ class SAEFileError(ValueError):
 def save_sae(sae: SparseAutoencoder, directory: str | Path, provenance: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in sae.state_dict().items()}
+    # Floats as float32; integer state (e.g. dead-latent counters) keeps its dtype.
+    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+               for k, v in sae.state_dict().items()}
     save_file(tensors, directory / (WEIGHTS + ".tmp"))
     (directory / (WEIGHTS + ".tmp")).rename(directory / WEIGHTS)
     (directory / CONFIG).write_text(json.dumps({**provenance, **sae.config_dict()}, indent=2, default=str))
@@ -37,7 +39,8 @@ def find_sae_dir(path: str | Path) -> Path:
     for candidate in (path, path / "sae"):
         if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
             return candidate
-    raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} in {path} or {path / 'sae'}: point at a finished training run or its sae/ directory.")
+    raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} in {path} or {path / 'sae'}: "
+                            "point at a finished training run or its sae/ directory.")
 
 
 def read_sae_config(directory: Path) -> dict:
@@ -53,7 +56,7 @@ def read_sae_config(directory: Path) -> dict:
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict]:
-    """Load a trained SAE as its own architecture; returns it with its cfg.json (model name, layer, hook, training config)."""
+    """Load a trained SAE as its own architecture, with its cfg.json (model name, layer, hook, training config)."""
     directory = find_sae_dir(path)
     cfg = read_sae_config(directory)
     name = cfg.get("architecture", LEGACY_ARCHITECTURE)
@@ -68,12 +71,13 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     try:
         state = load_file(directory / WEIGHTS)
     except (SafetensorError, OSError) as exc:
-        raise SAEFileError(f"{directory / WEIGHTS} cannot be read ({exc}): the file is corrupt or truncated; retrain or restore it.") from None
+        raise SAEFileError(f"{directory / WEIGHTS} cannot be read ({exc}): the file is corrupt or truncated; "
+                           "retrain or restore it.") from None
     try:
         sae.load_state_dict(state)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:300]
-        raise SAEFileError(f"{directory / WEIGHTS} does not hold a {name} SAE of d_in={cfg['d_in']}, n_features={cfg['n_features']} "
-                           f"as {CONFIG} says ({reason}).") from None
+        raise SAEFileError(f"{directory / WEIGHTS} does not hold a {name} SAE of d_in={cfg['d_in']}, "
+                           f"n_features={cfg['n_features']} as {CONFIG} says ({reason}).") from None
     return sae.to(device).eval(), cfg
 

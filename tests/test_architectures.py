@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from conftest import REPO
 from sae.architectures import ARCHITECTURES, ReLUSAE
 from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
 from sae.io import SAEFileError, load_sae, save_sae
@@ -75,10 +76,10 @@ def train_old_recipe(params: dict[str, torch.Tensor], batches, *, l1, lr, betas,
 
 
 @pytest.mark.parametrize("recipe, flags", [
-    ("anthropic_2023", dict(l1=5e-3, lr=1e-3, betas=(0.9, 0.99), unit_norm=True, weighted_l1=False, sum_squared=False,
-                            clip=None, warmup_fraction=0.0, decay_fraction=0.0)),
-    ("anthropic_2024", dict(l1=5.0, lr=5e-4, betas=(0.9, 0.999), unit_norm=False, weighted_l1=True, sum_squared=True,
-                            clip=1.0, warmup_fraction=0.05, decay_fraction=0.2)),
+    ("anthropic_2023", {"l1": 5e-3, "lr": 1e-3, "betas": (0.9, 0.99), "unit_norm": True, "weighted_l1": False,
+                        "sum_squared": False, "clip": None, "warmup_fraction": 0.0, "decay_fraction": 0.0}),
+    ("anthropic_2024", {"l1": 5.0, "lr": 5e-4, "betas": (0.9, 0.999), "unit_norm": False, "weighted_l1": True,
+                        "sum_squared": True, "clip": 1.0, "warmup_fraction": 0.05, "decay_fraction": 0.2}),
 ])
 def test_relu_recipes_train_exactly_as_the_pre_registry_code(recipe, flags):
     overrides = [f"sae={recipe}", "sae.resample.enabled=false"]
@@ -178,3 +179,165 @@ def test_bad_architecture_settings_stop_at_start_up_naming_the_field(overrides, 
         compose_sae(*overrides)
     for word in words:
         assert word in str(err.value)
+
+
+# --- TopK, BatchTopK, JumpReLU on tiny tensors, against values worked out by hand -----------------
+
+def _tiny(cls, settings):
+    """d_in 2, 4 latents: pre-activations x·W_enc are easy to read off; W_dec rows are unit vectors."""
+    sae = cls(2, 4, settings)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 0.5]]))
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0], [0.6, 0.8]]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_topk_keeps_the_k_largest_and_relus_them():
+    from sae.architectures import TopKSAE, TopKSettings
+
+    sae = _tiny(TopKSAE, TopKSettings(k=2))
+    # x = [2, 1]: pre = [2, 1, -2, 1.5]; x = [-1, -1]: pre = [-1, -1, 1, -1] (a negative in the top 2 becomes 0)
+    f = sae.encode(torch.tensor([[2.0, 1.0], [-1.0, -1.0]]))
+    torch.testing.assert_close(f, torch.tensor([[2.0, 0.0, 0.0, 1.5], [0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_topk_loss_and_auxk_gradient_by_hand():
+    from sae.architectures import TopKSAE, TopKSettings
+
+    sae = _tiny(TopKSAE, TopKSettings(k=1, k_aux=1, aux_coefficient=1 / 32, dead_tokens=5))
+    x = torch.tensor([[2.0, 0.5]])  # pre = [2, 0.5, -2, 1.25]: TopK-1 keeps latent 0, x̂ = [2, 0]
+    alive = sae.loss(x, 0.0)  # nothing dead yet: no auxiliary loss
+    torch.testing.assert_close(alive.reconstruction, torch.tensor(0.125))  # mean([0, 0.25])
+    assert float(alive.auxiliary) == 0.0
+    assert sae.tokens_since_fired.tolist() == [0, 1, 1, 1]
+
+    sae.zero_grad()
+    sae.tokens_since_fired.copy_(torch.tensor([0, 5, 7, 0]))  # latents 1 and 2 dead
+    terms = sae.loss(x, 0.0)
+    # residual e = [0, 0.5]; top-1 dead pre-activation is latent 1 (0.5): ê = 0.5·[0.6, 0.8] = [0.3, 0.4]
+    torch.testing.assert_close(terms.auxiliary, torch.tensor(0.05 / 32))  # α · mean([-0.3, 0.1]²)
+    torch.testing.assert_close(terms.total, torch.tensor(0.125 + 0.05 / 32))
+    terms.total.backward()
+    # AuxK trains the chosen dead latent only: d/dW_dec[1] = α · (ê − e) · 0.5
+    torch.testing.assert_close(sae.W_dec.grad[1], torch.tensor([0.3, -0.1]) * 0.5 / 32)
+    assert sae.W_dec.grad[2].abs().max() == 0 and sae.W_dec.grad[3].abs().max() == 0
+    assert sae.tokens_since_fired.tolist() == [0, 6, 8, 1]
+
+
+def test_batchtopk_selects_over_the_batch_and_learns_an_inference_threshold():
+    from sae.architectures import BatchTopKSAE, BatchTopKSettings
+
+    sae = _tiny(BatchTopKSAE, BatchTopKSettings(k=2, threshold_momentum=0.9))
+    x = torch.tensor([[2.0, 1.0], [0.2, 0.1]])  # pre rows [2, 1, -2, 1.5] and [0.2, 0.1, -0.2, 0.15]
+    assert float(sae.threshold) < 0
+    torch.testing.assert_close(sae.encode(x[:1]), torch.tensor([[2.0, 0.0, 0.0, 1.5]]))  # no θ yet: per-input TopK
+    terms = sae.loss(x, 0.0)
+    # the 2·2 largest of all 8: 2, 1.5, 1, 0.2 -> three latents for the first input, one for the second
+    torch.testing.assert_close(terms.features, torch.tensor([[2.0, 1.0, 0.0, 1.5], [0.2, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(sae.threshold, torch.tensor(0.2))  # first estimate: the smallest kept
+    sae.loss(torch.tensor([[1.0, 1.0]]), 0.0)  # pre [1, 1, -1, 1]: keeps 1, 1 -> smallest 1
+    torch.testing.assert_close(sae.threshold, torch.tensor(0.9 * 0.2 + 0.1 * 1.0))
+    # inference: pre > θ = 0.28
+    torch.testing.assert_close(sae.encode(torch.tensor([[0.3, 0.25]])), torch.tensor([[0.3, 0.0, 0.0, 0.0]]))
+
+
+def test_jumprelu_forward_loss_and_threshold_gradients_by_hand():
+    from sae.architectures import JumpReLUSAE, JumpReLUSettings
+    from sae.architectures.jumprelu import JumpReLUFunction, StepFunction
+
+    sae = _tiny(JumpReLUSAE, JumpReLUSettings(bandwidth=0.2))
+    theta = torch.tensor([0.5, 0.5, 0.5, 0.8])
+    with torch.no_grad():
+        sae.log_threshold.copy_(theta.log())
+    x = torch.tensor([[1.0, 0.55]])  # z = [1, 0.55, -1, 0.775]; only z > θ passes: latents 0, 1
+    torch.testing.assert_close(sae.encode(x), torch.tensor([[1.0, 0.55, 0.0, 0.0]]))
+
+    # Straight-through gradients, ε = 0.2: K((z-θ)/ε) = [0, 1, 0, 1] (|0.25| and |-0.125| < ½)
+    z = torch.tensor([[1.0, 0.55, -1.0, 0.775]], requires_grad=True)
+    t = theta.clone().requires_grad_()
+    JumpReLUFunction.apply(z, t, 0.2).sum().backward()
+    torch.testing.assert_close(t.grad, torch.tensor([0.0, -2.5, 0.0, -4.0]))  # −(θ/ε)K
+    torch.testing.assert_close(z.grad, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))  # H(z − θ)
+    z.grad, t.grad = None, None
+    StepFunction.apply(z, t, 0.2).sum().backward()
+    torch.testing.assert_close(t.grad, torch.tensor([0.0, -5.0, 0.0, -5.0]))  # −(1/ε)K
+    torch.testing.assert_close(z.grad, torch.zeros(1, 4))  # the L0 term passes nothing to z
+
+    # loss = Σ_d (x − x̂)² + λ·L0: x̂ = 1·[1, 0] + 0.55·[0.6, 0.8] = [1.33, 0.44]
+    terms = sae.loss(x, 0.1)
+    torch.testing.assert_close(terms.reconstruction, torch.tensor(0.33**2 + 0.11**2))
+    torch.testing.assert_close(terms.sparsity, torch.tensor(2.0))
+    torch.testing.assert_close(terms.total, torch.tensor(0.33**2 + 0.11**2 + 0.2))
+    terms.total.backward()
+    # d/d log θ = θ·d/dθ. From λ·L0: λ·θ·(−(1/ε)K) = [0, −0.25, 0, −0.4]. From the reconstruction, through
+    # ∂f/∂θ = −(θ/ε)K, for both latents inside the kernel window — latent 3 too, though its f is 0:
+    # ∂L/∂f_i = 2(x̂ − x)·W_dec[i] = 2·[0.33, −0.11]·[0.6, 0.8] = 0.22 for i = 1 and 3
+    dl_df = 2 * (0.33 * 0.6 - 0.11 * 0.8)
+    expected = torch.tensor([0.0, -0.25 + dl_df * -2.5 * 0.5, 0.0, -0.4 + dl_df * -4.0 * 0.8])
+    torch.testing.assert_close(sae.log_threshold.grad, expected)
+
+
+def test_architectures_without_resampling_refuse_it_at_start_up():
+    for recipe in ("topk", "batchtopk", "jumprelu"):
+        with pytest.raises(ConfigError) as err:
+            compose_sae(f"sae={recipe}", "sae.resample.enabled=true")
+        assert "sae.resample.enabled=true" in str(err.value) and "set sae.resample.enabled=false" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["sae=topk", "sae.k=0"], ["sae.k=0"]),
+    (["sae=topk", "sae.k=null"], ["sae.k=None", "sae.k=32"]),
+    (["sae=topk", "sae.l1_coefficient=1e-3"], ["sae.l1_coefficient=0.001", "sae.k"]),
+    (["sae=topk", "sae.settings.k_aux=0"], ["sae.settings.k_aux=0"]),
+    (["sae=batchtopk", "sae.settings.threshold_momentum=1"], ["sae.settings.threshold_momentum=1"]),
+    (["sae=jumprelu", "sae.settings.bandwidth=0"], ["sae.settings.bandwidth=0"]),
+    (["sae=jumprelu", "sae.settings.bandwidth=wide"], ["sae.settings", "bandwidth"]),
+])
+def test_bad_new_architecture_settings_name_the_field(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        compose_sae(*overrides)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["topk", "batchtopk", "jumprelu"])
+def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_path, activation_cache_dir, recipe):
+    from conftest import read_json, train_tiny
+
+    steps = 30
+    train_tiny(tmp_path, activation_cache_dir, f"sae={recipe}", f"sae.tokens={256 * steps}", "trainer.eval_tokens=128",
+               "logger=csv", *(["sae.k=8", "sae.settings.dead_tokens=2560"] if recipe != "jumprelu" else []))
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["steps"] == steps and "resample/events" not in summary
+    sae, cfg = load_sae(tmp_path)
+    assert type(sae) is ARCHITECTURES[recipe] and cfg["architecture"] == recipe
+    assert cfg["train_config"]["sae"]["recipe"] == recipe
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_features))  # unit-norm decoder rows
+    x = torch.randn(64, sae.d_in) / float(sae.input_scale)
+    l0 = (sae.encode(x) > 0).sum(dim=-1).float()
+    if recipe == "topk":
+        assert l0.max() <= 8 and summary["train/l0"] <= 8
+        assert sae.tokens_since_fired.max() > 0  # the AuxK counters were saved with the weights
+    if recipe == "batchtopk":
+        assert float(sae.threshold) > 0  # the inference threshold was estimated and saved
+        assert summary["train/l0"] == pytest.approx(8)  # k on average per input during training
+    if recipe == "jumprelu":
+        start = torch.full((sae.n_features,), 0.5)  # conf/tuning/smollm2_jumprelu.yaml
+        assert not torch.allclose(sae.threshold, start)  # the thresholds learned
+    assert math.isfinite(summary["eval/reconstruction_score"])
+
+
+def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
+    """`+sweep=architectures`: five configurations x five levels; a level picks λ or k from that configuration's ladder."""
+    expected = {("anthropic_2023", 0): 5e-2, ("anthropic_2023", 4): 2.5e-3, ("anthropic_2024", 0): 20.0,
+                ("anthropic_2024", 4): 1.25, ("jumprelu", 0): 10.0, ("jumprelu", 4): 0.1, ("topk", 0): 8, ("topk", 4): 64,
+                ("batchtopk", 0): 8, ("batchtopk", 4): 64}
+    for (recipe, level), value in expected.items():
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            raw = compose(config_name="train", overrides=["+sweep=architectures", f"sae={recipe}", f"sweep.level={level}"])
+        cfg = to_objects(raw, TrainConfig).sae
+        assert cfg.recipe == recipe and cfg.tokens == 1_000_000
+        assert (cfg.k if ARCHITECTURES[cfg.architecture].sparsity_knob == "k" else cfg.l1_coefficient) == value, (recipe, level)

@@ -53,6 +53,7 @@ def test_2023_recipe_trains_with_resampling_and_a_reconstruction_score(run_2023)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.n_features))  # unit-norm decoder
     assert float(sae.input_scale) == 1.0
     assert cfg["train_config"]["sae"]["recipe"] == "anthropic_2023"
+    assert cfg["architecture"] == "relu" and cfg["settings"]["unit_norm_decoder"] is True
 
 
 @pytest.mark.slow

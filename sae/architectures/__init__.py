@@ -11,10 +11,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from sae.architectures.base import LossTerms, SparseAutoencoder, geometric_median
+from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
+from sae.architectures.jumprelu import JumpReLUSAE, JumpReLUSettings
 from sae.architectures.relu import ReLUSAE, ReLUSettings
+from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.config import ConfigError
 
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE,)}
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
 
 
 class UnknownArchitecture(ValueError):
@@ -51,9 +54,11 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]}") from None
 
 
-def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None, k: int | None = None) -> SparseAutoencoder:
+def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None,
+              k: int | None = None) -> SparseAutoencoder:
     return get_architecture(name)(d_in, n_features, build_settings(name, settings, k))
 
 
-__all__ = ["ARCHITECTURES", "LossTerms", "ReLUSAE", "ReLUSettings", "SparseAutoencoder", "UnknownArchitecture",
-           "build_sae", "build_settings", "geometric_median", "get_architecture"]
+__all__ = ["ARCHITECTURES", "BatchTopKSAE", "BatchTopKSettings", "JumpReLUSAE", "JumpReLUSettings", "LossTerms", "ReLUSAE",
+           "ReLUSettings", "SparseAutoencoder", "TopKSAE", "TopKSettings", "UnknownArchitecture", "build_sae", "build_settings",
+           "geometric_median", "get_architecture"]

@@ -51,7 +51,11 @@ class SparseAutoencoder(nn.Module, ABC):
         self.W_dec = nn.Parameter(torch.empty(n_features, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.ones(()))
+        self.add_state()
         self.reset_parameters()
+
+    def add_state(self) -> None:
+        """Create the architecture's own parameters and buffers (before `reset_parameters` fills them)."""
 
     # --- what an architecture defines -------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,100 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    f = ReLU(TopK_k(x̄ W_enc + b_enc))           exactly k latents may be non-zero per input
+    loss = mean_d (x − x̂)² + α · mean_d (e − ê)²  AuxK: ê reconstructs the residual e = x − x̂
+                                                  from the top k_aux *dead* latents, α = 1/32
+
+As there: decoder rows at unit norm (the parallel gradient projected out before each step,
+renormalised after), W_enc = W_decᵀ at the start, b_dec at the geometric median (sae.b_dec_init).
+A latent is dead when it has not fired for `dead_tokens` training tokens; the counter is a
+buffer, so it is checkpointed with the weights and a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sae.architectures.base import LossTerms, SparseAutoencoder
+from sae.config import ConfigError
+
+
+@dataclass
+class TopKSettings:
+    k: int = 32
+    """Latents kept per input (set by sae.k)."""
+    k_aux: int = 256
+    """Dead latents the AuxK loss may use per input (Gao et al.: a power of two near d_in / 2)."""
+    aux_coefficient: float = 1 / 32
+    """Weight α of the AuxK loss (Gao et al.: 1/32)."""
+    dead_tokens: int = 10_000_000
+    """A latent that has not fired for this many training tokens is dead and joins the AuxK loss (Gao et al.: 10M)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "k_aux", "dead_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sae.settings.{name}={getattr(self, name)} must be >= 1.")
+        if self.aux_coefficient < 0:
+            raise ConfigError(f"sae.settings.aux_coefficient={self.aux_coefficient} must be >= 0 (0 turns AuxK off).")
+
+
+def keep_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """ReLU of the k largest entries of each row, zeros elsewhere."""
+    values, indices = pre.topk(min(k, pre.shape[-1]), dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+
+class TopKSAE(SparseAutoencoder):
+    name = "topk"
+    Settings = TopKSettings
+    sparsity_knob = "k"
+    supports_resampling = False
+    dead_latent_remedy = "the AuxK loss on dead latents (sae.settings.k_aux, aux_coefficient, dead_tokens)"
+
+    def add_state(self) -> None:
+        self.register_buffer("tokens_since_fired", torch.zeros(self.n_features, dtype=torch.long))
+
+    def reset_parameters(self) -> None:
+        self._random_unit_decoder_tied_encoder_(1.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return keep_top_k(self.pre_activation(x), self.settings.k)
+
+    def select(self, pre: torch.Tensor) -> torch.Tensor:
+        """The training-time selection of latents (TopK: the same as inference)."""
+        return keep_top_k(pre, self.settings.k)
+
+    def loss(self, x: torch.Tensor, sparsity_coefficient: float) -> LossTerms:
+        pre = self.pre_activation(x)
+        f = self.select(pre)
+        x_hat = self.decode(f)
+        reconstruction = self.squared_error(x, x_hat).mean()
+        auxiliary = self.auxk_loss(x, x_hat, pre) * self.settings.aux_coefficient
+        self._count_firing(f, len(x))
+        return LossTerms(reconstruction + auxiliary, reconstruction, reconstruction.new_zeros(()), auxiliary, x_hat, f)
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired >= self.settings.dead_tokens
+
+    def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """MSE between the residual (scaled space, no gradient) and its reconstruction from the top-k_aux dead latents."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.settings.aux_coefficient == 0:
+            return pre.new_zeros(()).float()
+        residual = ((x - x_hat) * self.input_scale).detach()
+        dead_pre = pre.masked_fill(~dead, float("-inf"))
+        f_aux = keep_top_k(dead_pre, min(self.settings.k_aux, n_dead))
+        return (residual - f_aux @ self.W_dec).float().pow(2).mean()
+
+    @torch.no_grad()
+    def _count_firing(self, f: torch.Tensor, n_tokens: int) -> None:
+        fired = (f > 0).reshape(-1, self.n_features).any(dim=0)
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
+
+    def before_optimizer_step_(self) -> None:
+        self.remove_parallel_decoder_grad_()
+
+    def after_optimizer_step_(self) -> None:
+        self.normalize_decoder_()
