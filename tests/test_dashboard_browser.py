@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_dashboard_support import write_synthetic_site
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from sae.architectures import build_sae
 from sae.config import ConfigError
 from sae.dashboard.config import DashboardConfig
 from sae.dashboard.data import DashboardStore, build_units, choose_contexts
 from sae.dashboard.units import UnitSpace
-from sae.architectures import build_sae
 
 BOS = 0
 
@@ -64,7 +64,7 @@ def test_statistics_and_records_have_the_known_values(tmp_path):
     assert sum(n2["histogram"]) == n_tokens
     bos_rec = [r for r in n2["records"] if r["context"] == 11]
     for r in bos_rec:
-        for t, a in zip(r["tokens"], r["acts"]):
+        for t, a in zip(r["tokens"], r["acts"], strict=False):
             assert (a == 0.0) == (t == BOS)
 
 

@@ -8,14 +8,14 @@ import sqlite3
 
 import pytest
 import torch
-
 from conftest import run_script
+from test_dashboard_support import HOOK, LAYER, known_sae, model_config, save_known_sae
+
 from sae.config import DataConfig
 from sae.dashboard.ablation import ablation_effect, spliced_logprobs
 from sae.dashboard.logits import final_norm_scale, logit_weights, unembedding
 from sae.dashboard.steering import next_token_logprobs, pinned_samples, prompt_ids
 from sae.dashboard.units import UnitSpace
-from test_dashboard_support import HOOK, LAYER, known_sae, model_config, save_known_sae
 
 HOOK_NAME = f"blocks.{LAYER}.{HOOK}"
 TEXT = "The old city walls were rebuilt after the war, and the city grew along the river."
@@ -132,7 +132,7 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
     from sae.interp.pipeline import sae_identity
 
     for kind, unit, score in (("features", feature, 5), ("features", 3, 3), ("neurons", 3, 1), ("neurons", 4, 2)):
-        rubric.insert(db, rubric.validate({"rater": "t", "kind": kind, "unit": unit, "scores": {c: score for c in rubric.CRITERIA}},
+        rubric.insert(db, rubric.validate({"rater": "t", "kind": kind, "unit": unit, "scores": dict.fromkeys(rubric.CRITERIA, score)},
                                           {"features": 1154, "neurons": 576}), sae_identity(sae_dir))
     db.commit()
     db.close()

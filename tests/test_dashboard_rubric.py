@@ -24,7 +24,7 @@ def fill(path):
     db = rubric.connect(path)
     for kind, unit, *scores in RATINGS:
         rating = rubric.validate({"rater": "dev", "kind": kind, "unit": unit,
-                                  "scores": dict(zip(rubric.CRITERIA, scores))}, {"features": 10, "neurons": 10})
+                                  "scores": dict(zip(rubric.CRITERIA, scores, strict=False))}, {"features": 10, "neurons": 10})
         rubric.insert(db, rating, sae="abc", blind=kind == "neurons")
     db.commit()
     db.close()

@@ -10,7 +10,6 @@ import sqlite3
 import threading
 
 import pytest
-
 from test_dashboard_support import write_synthetic_site
 
 

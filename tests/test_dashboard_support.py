@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from sae.architectures import SparseAutoencoder, build_sae
 from sae.config import DataConfig, ModelConfig
 from sae.io import save_sae
-from sae.architectures import SparseAutoencoder, build_sae
 
 LAYER = 29  # the last block: its output goes straight to the final norm and the unembedding
 HOOK = "hook_resid_post"

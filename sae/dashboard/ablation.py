@@ -57,6 +57,6 @@ def ablation_effect(bridge, hook: str, space: UnitSpace, unit: int, tokens: torc
         "loss_base": round(float(ce_base), 5),
         "loss_ablated": round(float(ce_ablated), 5),
         "delta_loss": round(float(ce_ablated - ce_base), 5),  # > 0: removing the unit hurts prediction
-        "promoted": [[int(t), round(float(v), 5)] for t, v in zip(up.indices, up.values)],
-        "suppressed": [[int(t), round(float(-v), 5)] for t, v in zip(down.indices, down.values)],
+        "promoted": [[int(t), round(float(v), 5)] for t, v in zip(up.indices, up.values, strict=False)],
+        "suppressed": [[int(t), round(float(-v), 5)] for t, v in zip(down.indices, down.values, strict=False)],
     }

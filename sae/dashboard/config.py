@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -20,7 +20,7 @@ def _require(ok: bool, message: str) -> None:
 @dataclass
 class DashboardConfig:
     # Which units get pages: "features" (the SAE's), "neurons" (the raw hook it reads), or both.
-    units: List[str] = field(default_factory=lambda: ["features", "neurons"])
+    units: list[str] = field(default_factory=lambda: ["features", "neurons"])
     # Held-out text: one model pass over `n_contexts` windows of `window` tokens after BOS.
     n_contexts: int = 2000
     window: int = 64
@@ -40,7 +40,7 @@ class DashboardConfig:
     # Pinned-feature sampling, precomputed for `steering_units` features (more on demand via the server).
     steering_units: int = 8
     steering_multiple: float = 5.0  # the clamp value as a multiple of the feature's max activation
-    steering_prompts: List[str] = field(default_factory=lambda: ["The", "In the city of", "She said that"])
+    steering_prompts: list[str] = field(default_factory=lambda: ["The", "In the city of", "She said that"])
     steering_tokens: int = 16
     steering_temperature: float = 1.0
     # Blind rubric: units drawn per kind (features and neurons mixed in random order).

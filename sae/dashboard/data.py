@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from safetensors.torch import load_file, save_file
 
 from sae.dashboard.ablation import ablation_effect
 from sae.dashboard.config import DashboardConfig
-from sae.dashboard.logits import logit_weights
 from sae.dashboard.units import UnitSpace
 
 FORMAT = 1
@@ -200,7 +200,7 @@ def build_units(space: UnitSpace, token_ids, acts, bos_id: int, cfg: DashboardCo
         units = list(range(p * cfg.part_units, min((p + 1) * cfg.part_units, space.n_units)))
         logits = logits_fn(units) if logits_fn else [None] * len(units)
         out = []
-        for u, lw in zip(units, logits):
+        for u, lw in zip(units, logits, strict=False):
             records, tops = [], []
             for c, group in chosen[u]:
                 st = int(starts[r])

@@ -49,5 +49,5 @@ def logit_weights(directions: torch.Tensor, w_u: torch.Tensor, gamma: Optional[t
         ti, tv = top.indices.tolist(), top.values.round(decimals=4).tolist()
         bi, bv = bottom.indices.tolist(), (-bottom.values).round(decimals=4).tolist()
         for j in range(len(d)):
-            out.append({"promoted": [list(x) for x in zip(ti[j], tv[j])], "suppressed": [list(x) for x in zip(bi[j], bv[j])]})
+            out.append({"promoted": [list(x) for x in zip(ti[j], tv[j], strict=False)], "suppressed": [list(x) for x in zip(bi[j], bv[j], strict=False)]})
     return out

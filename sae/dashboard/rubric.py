@@ -166,7 +166,7 @@ def plot_histogram(summary: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = [i / 4 - 0.125 for i in range(4 * MAX_SCORE + 2)]
-    for kind, colour in zip(KINDS, ("tab:blue", "tab:orange")):
+    for kind, colour in zip(KINDS, ("tab:blue", "tab:orange"), strict=False):
         vals = summary[kind]["overall_values"]
         if vals:
             ax.hist(vals, bins=bins, alpha=0.6, color=colour, label=f"{kind} (n={len(vals)}, mean {_fmt(summary[kind]['overall'])})")

@@ -15,10 +15,11 @@ import json
 import random
 import sqlite3
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sae.dashboard import rubric
@@ -55,7 +56,7 @@ class SiteData:
 
 
 class Handler(SimpleHTTPRequestHandler):
-    server: "DashboardServer"
+    server: DashboardServer
 
     def log_message(self, fmt, *args):  # quiet unless asked
         if self.server.verbose:

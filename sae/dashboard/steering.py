@@ -42,7 +42,7 @@ def pinned_samples(bridge, hook: str, space: UnitSpace, unit: int, value: float,
             if first_shift is None:
                 shift = (logp[1].exp() - logp[0].exp())
                 top = shift.topk(k)
-                first_shift = [[int(t), round(float(v), 5)] for t, v in zip(top.indices, top.values)]
+                first_shift = [[int(t), round(float(v), 5)] for t, v in zip(top.indices, top.values, strict=False)]
             if temperature == 0:
                 nxt = logp.argmax(dim=-1)
             else:
