@@ -9,31 +9,29 @@ The metrics stage writes `metrics.json` (reconstruction_score, kl_score, ce_*, l
 mse, cosine_similarity, norm_ratio, dead_fraction, ultralow_fraction, decoder cosines of rare features
 vs the rest) and PNG plots into `<training run dir>/eval/`, and logs them to the SAE's W&B project.
 Each part is stored under `eval/parts/` keyed by its settings and the SAE's weights, so an
-interrupted or repeated evaluation only computes what is missing.
+interrupted or repeated evaluation only computes what is missing (sae/eval_metrics.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sae.config import (ActivationsConfig, ConfigError, DataConfig, LoggerConfig, ModelConfig, register_configs,
-                        to_objects)
+from sae.config import ConfigError, LoggerConfig, register_configs, to_objects
 from sae.eval_config import EvaluateConfig, register_eval_configs
 from sae.dashboard.config import register_dashboard_configs
-from sae.interp.config import register_interp_configs
-from sae.io import WEIGHTS, find_sae_dir, load_sae
+from sae.files import atomic_write_json
+from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
+from sae.io import SAEFileError, find_sae_dir, load_sae
+from sae.run_config import RunConfigs, run_configs
 
 register_configs()
 register_eval_configs()
@@ -41,127 +39,33 @@ register_interp_configs()
 register_dashboard_configs()
 
 
-class PartStore:
-    """One JSON file per finished part, reused only when its settings (incl. the SAE's weights) match."""
+@dataclasses.dataclass
+class Job:
+    """What every stage gets: the settings, the SAE (on its device) and the run it came from."""
 
-    def __init__(self, directory: Path, identity: dict):
-        self.directory = directory
-        self.identity = identity
-
-    def get_or_compute(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
-        key = {**self.identity, **settings}
-        path = self.directory / f"{name}.json"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("settings") == key:
-                print(f"[{name}] reusing {path}")
-                return stored["result"]
-        print(f"[{name}] computing ...")
-        result = compute()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": key, "result": result}, default=_json_safe))
-        tmp.replace(path)
-        return result
+    cfg: EvaluateConfig
+    sae_dir: Path
+    eval_dir: Path
+    sae: object
+    sae_cfg: dict
+    run: RunConfigs
 
 
-def _json_safe(value: Any):
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+def metrics_stage(job: Job) -> dict:
+    from sae.eval_metrics import compute_metrics
 
-
-def _finite(metrics: dict) -> dict:
-    """NaN (e.g. no ultralow features to compare) becomes null in JSON."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-
-
-def resolve_run_configs(cfg: EvaluateConfig, sae_cfg: dict) -> dict:
-    """The training run's model/data/activations/logger settings with this evaluation's overrides on top."""
-    train = sae_cfg.get("train_config") or {}
-    out = {}
-    for name, cls in (("model", ModelConfig), ("data", DataConfig), ("activations", ActivationsConfig), ("logger", LoggerConfig)):
-        base = dict(train.get(name) or {})
-        if name == "model" and not base:  # an SAE saved without its training config
-            base = {"name": sae_cfg["model"], "alias": "model", "layer": sae_cfg["layer"], "hook": sae_cfg["hook"]}
-        merged = OmegaConf.merge(OmegaConf.structured(cls), base, getattr(cfg, name))
-        out[name] = to_objects(merged, cls)
-    return out
-
-
-def metrics_stage(cfg: EvaluateConfig, sae_dir: Path, eval_dir: Path, run: dict, sae_cfg: dict) -> dict:
-    from sae.activations import build_cache, harvest
-    from sae.evaluation import (activation_stats, heldout_tokens, mean_pairwise_cosine, pairwise_cosines,
-                                sae_reconstruction, spliced_loss)
-    from sae.lm import bos_token_id, hook_name, lazy_bridge
-    from sae.metrics import ULTRALOW_DENSITY, density_summary, log10_density
-    from sae.plots import plot_decoder_similarity, plot_density_histogram
-
-    m = cfg.metrics
-    model_cfg, data_cfg, act_cfg = run["model"], run["data"], run["activations"]
-    sae, _ = load_sae(sae_dir)
-    bridge = lazy_bridge(model_cfg)
-    weights = hashlib.sha256((sae_dir / WEIGHTS).read_bytes()).hexdigest()[:16]
-    store = PartStore(eval_dir / "parts", {"sae_weights": weights, "hook": hook_name(model_cfg), "model": model_cfg.name})
-    data_id = {"data": OmegaConf.to_container(OmegaConf.structured(data_cfg))}
-    seed = int((sae_cfg.get("train_config") or {}).get("sae", {}).get("seed", 0))
-
-    def density_part() -> dict:
-        cache = build_cache(bridge, model_cfg, data_cfg, act_cfg, seed=seed)
-        order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(cfg.seed))[: m.density_tokens]
-        chunks = (cache.rows(order[i : i + 8192]) for i in range(0, len(order), 8192))
-        stats = activation_stats(sae, chunks, m.density_tokens)
-        return {"fire_counts": stats.fire_counts.tolist(), "tokens": stats.tokens}
-
-    def heldout_part() -> dict:
-        stream = harvest(bridge(), model_cfg, data_cfg, m.harvest_batch_size, split="heldout")
-        stats = activation_stats(sae, stream, m.heldout_tokens)
-        counts = density_summary(stats.fire_counts, stats.tokens)
-        return {**stats.result(), "dead_fraction": counts["dead_fraction"]}
-
-    def ce_part() -> dict:
-        model = bridge()
-        bos = bos_token_id(model)
-        tokens = heldout_tokens(model, data_cfg, m.ce_tokens, bos)
-        return spliced_loss(model, hook_name(model_cfg), tokens, sae_reconstruction(sae), bos, m.ce_batch_size).as_dict()
-
-    metrics: dict[str, Any] = {"sae_path": str(sae_dir), "model": model_cfg.name, "hook": hook_name(model_cfg),
-                               "d_in": sae.d_in, "n_features": sae.n_features, "expansion": sae.n_features / sae.d_in}
-    plots = {}
-    if m.density_tokens:
-        density = store.get_or_compute("density", {"density_tokens": m.density_tokens, "seed": cfg.seed,
-                                                   "activations": act_cfg.n_tokens, **data_id}, density_part)
-        counts, n_tok = torch.tensor(density["fire_counts"]), density["tokens"]
-        metrics.update(density_summary(counts, n_tok))
-        log_density = log10_density(counts, n_tok)
-        plots["density_histogram"] = plot_density_histogram(
-            log_density.numpy(), eval_dir / "density_histogram.png",
-            title=f"{sae.n_features} features ({sae.n_features // sae.d_in}x), density over {n_tok:,} training tokens")
-        rare = counts.double() / max(n_tok, 1) < ULTRALOW_DENSITY
-        groups = {"ultralow (<1e-6)": sae.W_dec[rare].detach(), "rest": sae.W_dec[~rare].detach()}
-        means = {k: mean_pairwise_cosine(v) for k, v in groups.items()}
-        metrics.update({"decoder_cosine_ultralow": means["ultralow (<1e-6)"], "decoder_cosine_rest": means["rest"],
-                        "n_ultralow": int(rare.sum())})
-        plots["decoder_similarity"] = plot_decoder_similarity(
-            {k: pairwise_cosines(v, m.similarity_plot_features, cfg.seed).numpy() for k, v in groups.items()}, means,
-            eval_dir / "decoder_similarity.png", title="rare features are more similar? pairwise decoder cosines")
-    if m.heldout_tokens:
-        heldout = store.get_or_compute("heldout", {"heldout_tokens": m.heldout_tokens, **data_id}, heldout_part)
-        metrics.update({k: v for k, v in heldout.items() if k not in ("tokens", "dead_fraction")})
-        metrics.update({"heldout_tokens": heldout["tokens"], "heldout_dead_fraction": heldout["dead_fraction"]})
-    if m.ce_tokens:
-        ce = store.get_or_compute("spliced_loss", {"ce_tokens": m.ce_tokens, **data_id}, ce_part)
-        metrics.update({k if k != "tokens" else "ce_tokens": v for k, v in ce.items()})
-    metrics = _finite(metrics)
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log_to_run(run["logger"], eval_dir, sae_cfg, metrics, plots)
+    metrics, plots = compute_metrics(job.sae, job.sae_dir, job.eval_dir, job.run, job.cfg.metrics, job.cfg.seed)
+    atomic_write_json(job.eval_dir / "metrics.json", metrics)
+    log_to_run(job.run.logger, job.eval_dir, job.run.run_name, metrics, plots)
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
     return metrics
 
 
-def log_to_run(logger_cfg: LoggerConfig, eval_dir: Path, sae_cfg: dict, metrics: dict, plots: dict[str, Path]) -> None:
+def log_to_run(logger_cfg: LoggerConfig, eval_dir: Path, run_name: str | None, metrics: dict, plots: dict[str, Path]) -> None:
     """Log to the SAE's W&B project (an `eval` job next to its training run), or to CSV."""
     from sae.run_logger import build_logger
 
-    run_name = (sae_cfg.get("train_config") or {}).get("run_name", Path(metrics["sae_path"]).parent.name)
+    run_name = run_name or Path(metrics["sae_path"]).parent.name
     logger = build_logger(logger_cfg, eval_dir, f"eval-{run_name}", {"sae": metrics["sae_path"]}, job_type="eval")
     numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if type(logger).__name__ == "WandbLogger":
@@ -175,15 +79,7 @@ def log_to_run(logger_cfg: LoggerConfig, eval_dir: Path, sae_cfg: dict, metrics:
         logger.save()
 
 
-def interp_stage(cfg: EvaluateConfig, sae_dir: Path, eval_dir: Path, run: dict) -> dict:
-    """Automated interpretability, provided by `sae.interp.pipeline.run_interp` (issue 5)."""
-    try:
-        from sae.interp.config import ExplainerConfig, InterpConfig
-        from sae.interp.pipeline import run_interp
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("sae.interp"):
-            raise ConfigError(f"stage=interp is not available: {exc.name} is not installed in this checkout.") from None
-        raise
+def interp_settings(cfg: EvaluateConfig) -> tuple[InterpConfig, ExplainerConfig]:
     def build(cls, value):
         if isinstance(value, cls):
             return value
@@ -191,43 +87,77 @@ def interp_stage(cfg: EvaluateConfig, sae_dir: Path, eval_dir: Path, run: dict) 
 
     interp, explainer = build(InterpConfig, cfg.interp), build(ExplainerConfig, cfg.explainer)
     if cfg.units is not None:  # `units=neurons` is shorthand for interp.units=neurons
-        interp = InterpConfig(**{**dataclasses.asdict(interp), "units": cfg.units})
-    return run_interp(sae_dir, interp, explainer, eval_dir, logger=run["logger"])
+        interp = dataclasses.replace(interp, units=cfg.units)
+    return interp, explainer
 
 
-STAGES = {"metrics": ("metrics",), "interp": ("interp",), "all": ("metrics", "interp"),
-          "dashboard": ("dashboard",), "serve": ("serve",), "rubric_report": ("rubric_report",)}
+def check_interp(cfg: EvaluateConfig) -> None:
+    from sae.interp.backends import check_ready
+
+    check_ready(interp_settings(cfg)[1])
+
+
+def interp_stage(job: Job) -> dict:
+    from sae.interp.pipeline import run_interp
+
+    interp, explainer = interp_settings(job.cfg)
+    return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae,
+                      sae_cfg=job.sae_cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    run: Callable[[Job], dict]
+    check: Callable[[EvaluateConfig], None] | None = None  # start-up checks, before any stage does work
+
+
+# One entry per stage; `all` runs the listed stages in order.
+def dashboard_stage(name: str) -> Stage:
+    """The feature browser (sae.dashboard.stages): dashboard | serve | rubric_report."""
+
+    def run(job: Job) -> dict:
+        from sae.dashboard.stages import run_stage
+
+        return run_stage(name, job)
+
+    return Stage(run)
+
+
+STAGES: dict[str, Stage] = {"metrics": Stage(metrics_stage), "interp": Stage(interp_stage, check_interp),
+                            **{name: dashboard_stage(name) for name in ("dashboard", "serve", "rubric_report")}}
+COMPOSITE = {"all": ("metrics", "interp")}
 
 
 def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
-    sae_dir = find_sae_dir(cfg.sae_path)
-    _, sae_cfg = load_sae(sae_dir)
-    run = resolve_run_configs(cfg, sae_cfg)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for stage in STAGES[cfg.stage]:
-        if stage == "metrics":
-            results["metrics"] = metrics_stage(cfg, sae_dir, eval_dir, run, sae_cfg)
-        elif stage == "interp":
-            results["interp"] = interp_stage(cfg, sae_dir, eval_dir, run)
-        else:  # the feature browser (sae.dashboard.stages): dashboard | serve | rubric_report
-            from sae.dashboard import stages
+    from sae.lm import pick_device
 
-            settings = stages.dashboard_config(cfg.dashboard)
-            if cfg.units is not None:
-                settings = dataclasses.replace(settings, units=[cfg.units])
-            results[stage] = getattr(stages, f"run_{stage}")(settings, sae_dir, eval_dir, run)
-    return results
+    names = COMPOSITE.get(cfg.stage, (cfg.stage,))
+    for name in names:
+        if STAGES[name].check:
+            STAGES[name].check(cfg)
+    sae_dir = find_sae_dir(cfg.sae_path)
+    sae, sae_cfg = load_sae(sae_dir, device=pick_device(cfg.device))
+    overrides = {"model": cfg.model, "data": cfg.data, "activations": cfg.activations, "logger": cfg.logger}
+    job = Job(cfg, sae_dir, eval_dir, sae, sae_cfg, run_configs(sae_cfg, overrides))
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    return {name: STAGES[name].run(job) for name in names}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict | None:
+    from sae.interp.pipeline import InterpFailed
+
     try:
+        if OmegaConf.is_missing(cfg, "sae_path"):
+            raise ConfigError("sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")
         objects = to_objects(cfg, EvaluateConfig)
         return evaluate(objects, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, SAEFileError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except InterpFailed as exc:
+        print(f"interp failed: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def quote_sae_path(arg: str) -> str:
@@ -239,7 +169,29 @@ def quote_sae_path(arg: str) -> str:
     return f"{key}={quote}{value}{quote}"
 
 
+def sae_path_problem(args: list[str]) -> str | None:
+    """A missing or wrong sae_path, found before Hydra starts (which would bury it in an interpolation error)."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg", "-cn", "--config-name", "-cp", "--config-path",
+                 "--config-dir", "-cd") or a.startswith(("--cfg", "--info", "--config")) for a in args):
+        return None
+    values = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("sae_path=")]
+    if not values:
+        return "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>."
+    value = values[-1]
+    if "," in value or value.startswith(("glob(", "range(", "choice(")) or "${" in value:
+        return None  # a sweep over paths: each run checks its own
+    try:
+        find_sae_dir(value)
+    except FileNotFoundError as exc:
+        return f"sae_path={value}: {exc}"
+    return None
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    problem = sae_path_problem(sys.argv[1:])
+    if problem:
+        print(f"config error: {problem}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [sys.argv[0], *map(quote_sae_path, sys.argv[1:])]
     main()

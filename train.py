@@ -29,8 +29,9 @@ from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.architectures import SparseAutoencoder, get_architecture
 from sae.io import WEIGHTS, save_sae
 from sae.module import SAETrainingModule
-from sae.lm import lazy_bridge
+from sae.lm import check_context_length, lazy_bridge
 from sae.progress import StepProgressBar
+from sae.run_identity import check_checkpoint, claim_run_dir, training_identity
 from sae.run_logger import build_logger
 
 register_configs()
@@ -79,6 +80,24 @@ def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
     return sae
 
 
+def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | None:
+    """Before any work: this directory is this config's, the context fits the model, and the
+    checkpoint to resume from (returned, None to start fresh) is readable."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    finished = (run_dir / "sae" / WEIGHTS).exists() and (run_dir / "summary.json").exists()
+    claim_run_dir(run_dir, training_identity(resolved), has_progress=finished or last.exists())
+    check_context_length(cfg.model, cfg.data.context_length)
+    if not last.exists() or finished:
+        return None
+    if not cfg.trainer.resume:
+        kept = last.with_name(last.name + ".old")
+        last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
+        print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
+        return None
+    check_checkpoint(last)
+    return last
+
+
 def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) -> list[L.Callback]:
     """Callbacks with a `summary()` method also contribute to the run's summary.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -91,7 +110,8 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) ->
     if cfg.sae.resample.enabled:
         callbacks.append(NeuronResamplingCallback(cfg.sae.resample, cfg.sae.total_steps, training_stream, cfg.sae.seed))
     if cfg.trainer.eval_tokens > 0:
-        callbacks.append(ReconstructionScoreCallback(bridge, cfg.model, cfg.data, cfg.trainer.eval_tokens, cfg.trainer.eval_every_n_steps))
+        callbacks.append(ReconstructionScoreCallback(bridge, cfg.model, cfg.data, cfg.trainer.eval_tokens, cfg.trainer.eval_every_n_steps,
+                                                     cfg.trainer.heldout_tokens, cfg.activations.harvest_batch_size))
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar())
     return callbacks
@@ -99,6 +119,7 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, training_stream) ->
 
 def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     summary_path = run_dir / "summary.json"
+    last = start_up_checks(cfg, run_dir, resolved)
     if (run_dir / "sae" / WEIGHTS).exists() and summary_path.exists():
         print(f"{run_dir} already holds a finished SAE; skipping (delete the directory to train again).")
         return json.loads(summary_path.read_text())
@@ -136,10 +157,9 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
+    if last is not None:
         print(f"resuming from {last}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
 
     provenance = {"model": cfg.model.name, "layer": cfg.model.layer, "hook": cfg.model.hook,
                   "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}", "train_config": resolved}

@@ -1,7 +1,12 @@
-"""The reconstruction score during training: spliced LM cross-entropy on a fixed held-out token set.
+"""Held-out quality during and at the end of training.
 
-Runs every `every_n_steps` optimizer steps (0 = only when training ends). The model loads
-lazily on first use, so runs that never evaluate never load it.
+* The reconstruction score: spliced LM cross-entropy on a fixed held-out token set, every
+  `every_n_steps` optimizer steps (0 = only when training ends).
+* At the end: L0 and explained variance on held-out activations (`heldout_tokens` of them), so a
+  sweep's frontier compares held-out sparsity with held-out reconstruction rather than the last
+  training batch's.
+
+The model loads lazily on first use, so runs that never evaluate never load it.
 """
 
 from __future__ import annotations
@@ -12,17 +17,22 @@ import lightning as L
 import torch
 
 from sae.config import DataConfig, ModelConfig
-from sae.evaluation import heldout_tokens, sae_reconstruction, spliced_loss
+from sae.evaluation import activation_stats, heldout_tokens, sae_reconstruction, spliced_loss
 from sae.lm import bos_token_id, hook_name
+
+HELDOUT_STATS = ("l0", "explained_variance", "mse", "cosine_similarity", "norm_ratio")
 
 
 class ReconstructionScoreCallback(L.Callback):
-    def __init__(self, bridge: Callable[[], object], model_cfg: ModelConfig, data_cfg: DataConfig, n_tokens: int, every_n_steps: int):
+    def __init__(self, bridge: Callable[[], object], model_cfg: ModelConfig, data_cfg: DataConfig, n_tokens: int, every_n_steps: int,
+                 heldout_stats_tokens: int = 0, harvest_batch_size: int = 32):
         self.bridge = bridge
         self.model_cfg, self.data_cfg = model_cfg, data_cfg
         self.n_tokens, self.every_n_steps = n_tokens, every_n_steps
+        self.heldout_stats_tokens, self.harvest_batch_size = heldout_stats_tokens, harvest_batch_size
         self._tokens: torch.Tensor | None = None
         self.last: dict[str, float] = {}
+        self.heldout: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -31,6 +41,10 @@ class ReconstructionScoreCallback(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.evaluate(trainer, pl_module)
+        if self.heldout_stats_tokens:
+            self.heldout = self.heldout_statistics(pl_module.sae)
+            for logger in trainer.loggers:
+                logger.log_metrics(self.heldout, step=trainer.global_step)
 
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         bridge = self.bridge()
@@ -43,5 +57,19 @@ class ReconstructionScoreCallback(L.Callback):
             logger.log_metrics(self.last, step=trainer.global_step)
         return self.last
 
+    @torch.no_grad()
+    def heldout_statistics(self, sae) -> dict[str, float]:
+        """`eval/l0`, `eval/explained_variance`, ... on the first held-out activations (BOS dropped, as in training)."""
+        from sae.activations import harvest
+
+        was_training = sae.training
+        sae.eval()
+        stream = harvest(self.bridge(), self.model_cfg, self.data_cfg, self.harvest_batch_size, split="heldout")
+        stats = activation_stats(sae, stream, self.heldout_stats_tokens).result()
+        sae.train(was_training)
+        out = {f"eval/{k}": float(stats[k]) for k in HELDOUT_STATS if k in stats}
+        out["eval/heldout_tokens"] = float(stats["tokens"])
+        return out
+
     def summary(self) -> dict[str, float]:
-        return dict(self.last)
+        return {**self.last, **self.heldout}

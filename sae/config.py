@@ -48,6 +48,9 @@ class DataConfig:
     split: str = "train"
     files: list[str] = field(default_factory=list)  # for "local"
     format: str = "text"  # "text" | "json" (jsonl too) for "local"
+    # Text files: what one document is, so that a document lands wholly on one side of the held-out
+    # split: "paragraph" (blocks separated by blank lines) or "document" (a whole file).
+    sample_by: str = "paragraph"
     text_column: str = "text"
     streaming: bool = True
     context_length: int = 128
@@ -64,6 +67,7 @@ class DataConfig:
         if self.source == "local":
             _require(bool(self.files), "data.files is empty: give the text or jsonl files, e.g. data.files=[corpus.txt].")
             _require(self.format in ("text", "json"), f"data.format={self.format!r}: use text or json.")
+            _require(self.sample_by in ("paragraph", "document"), f"data.sample_by={self.sample_by!r}: use paragraph or document.")
 
 
 @dataclass
@@ -80,7 +84,9 @@ class ActivationsConfig:
 
     def __post_init__(self) -> None:
         _require(self.n_tokens > 0, f"activations.n_tokens={self.n_tokens} must be > 0.")
+        _require(self.shard_tokens > 0, f"activations.shard_tokens={self.shard_tokens} must be > 0 (tokens per cache file).")
         _require(self.buffer_tokens > 0, f"activations.buffer_tokens={self.buffer_tokens} must be > 0.")
+        _require(self.harvest_batch_size > 0, f"activations.harvest_batch_size={self.harvest_batch_size} must be > 0 (contexts per forward).")
         _require(self.dtype in ("float16", "float32"), f"activations.dtype={self.dtype!r}: use float16 or float32.")
 
 
@@ -119,6 +125,9 @@ class SAEConfig:
     batch_size: int = 4096
     tokens: int = 2_000_000_000  # training token budget; steps = tokens // batch_size
     dtype: str = "float32"  # "float32" or "bf16" (bf16 autocast)
+    # Training products over active latents only (sae/sparse.py): "auto" (per batch, by the active
+    # fraction; dense on GPUs and under bf16), "dense", or "sparse" (always; float32 only).
+    sparse_kernel: str = "auto"
     scale_inputs: bool = False  # scale inputs so that E||x|| = sqrt(d) (a fixed factor measured on a sample)
     b_dec_init: str = "geometric_median"  # pre-encoder bias at the start: "geometric_median", "mean" or "zeros"
     l1_warmup_fraction: float = 0.0  # λ ramps up linearly over this fraction of the steps
@@ -152,6 +161,10 @@ class SAEConfig:
             "raise sae.tokens or lower sae.batch_size.",
         )
         _require(self.dtype in ("float32", "bf16"), f"sae.dtype={self.dtype!r}: use float32 or bf16.")
+        _require(self.sparse_kernel in ("auto", "dense", "sparse"),
+                 f"sae.sparse_kernel={self.sparse_kernel!r}: use auto, dense or sparse.")
+        _require(self.sparse_kernel != "sparse" or self.dtype == "float32",
+                 f"sae.sparse_kernel=sparse needs sae.dtype=float32 (not {self.dtype!r}): use sae.sparse_kernel=auto.")
         b_dec_inits = ("geometric_median", "mean", "zeros")
         _require(self.b_dec_init in b_dec_inits, f"sae.b_dec_init={self.b_dec_init!r}: use one of {', '.join(b_dec_inits)}.")
         _require(0 <= self.l1_warmup_fraction < 1, f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1).")
@@ -160,6 +173,8 @@ class SAEConfig:
                  f"sae.resample.enabled=true: {self.architecture} does not use dead-neuron resampling "
                  f"(its remedy for dead latents: {arch.dead_latent_remedy}); set sae.resample.enabled=false.")
         self.architecture_settings()  # bad keys or values fail here, naming the field
+        _require(self.grad_clip is None or self.grad_clip > 0, f"sae.grad_clip={self.grad_clip} must be > 0 (or null: no clipping).")
+        _require(0 <= self.seed < 2**32, f"sae.seed={self.seed} must be in [0, 2**32).")
 
     def architecture_settings(self) -> Any:
         """The typed settings object of `architecture` (with `k` where it is the sparsity knob)."""
@@ -185,8 +200,22 @@ class TrainerConfig:
     eval_tokens: int = 4096
     threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
+    # Held-out activations for the end-of-run L0 and explained variance (cheap: the forward stops at the hook).
+    heldout_tokens: int = 16_384
+    # false: start over even when checkpoints/last.ckpt exists (kept as last.ckpt.old), e.g. when it is corrupt.
+    resume: bool = True
 
     def __post_init__(self) -> None:
+        _require(self.devices >= 1, f"trainer.devices={self.devices} must be >= 1.")
+        _require(
+            self.devices == 1,
+            f"trainer.devices={self.devices}: training on several devices is not supported (every device would see the same "
+            "batches); use trainer.devices=1 and run several SAEs side by side with --multirun instead.",
+        )
+        for name in ("log_every_n_steps", "density_window_steps", "checkpoint_every_n_steps"):
+            _require(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)} must be >= 1.")
+        _require(self.threads >= 0, f"trainer.threads={self.threads} must be >= 0 (0 = torch's default).")
+        _require(self.heldout_tokens >= 0, f"trainer.heldout_tokens={self.heldout_tokens} must be >= 0 (0 = no held-out L0 / explained variance).")
         _require(self.eval_every_n_steps >= 0, f"trainer.eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0 = only at the end).")
         _require(self.eval_tokens >= 0, f"trainer.eval_tokens={self.eval_tokens} must be >= 0 (0 = no reconstruction score).")
 
@@ -218,28 +247,21 @@ class TrainConfig:
     sweep: Optional[Any] = None  # filled by `+sweep=NAME`; read by the sweep report
 
 
-def _sci(value: float) -> str:
-    """3e-4 rather than 0.0003 in run names."""
-    mantissa, exponent = f"{float(value):.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def _si(value: int) -> str:
-    """5M, 2B, 500k in run names."""
-    value = int(value)
-    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if value >= size:
-            return f"{value / size:g}{unit}"
-    return str(value)
-
-
 def _slug(value: str) -> str:
     return str(value).replace("/", "_").replace(":", "_")
 
 
+def _run_name(*, _root_: DictConfig) -> str:
+    from sae.run_identity import run_name
+
+    return run_name(_root_)
+
+
 def register_configs() -> None:
-    """Schemas for Hydra's defaults lists and the resolvers that format run names."""
-    for name, fn in (("sci", _sci), ("si", _si), ("slug", _slug)):
+    """Schemas for Hydra's defaults lists and the resolvers that format run names (exact values)."""
+    from sae.run_identity import number, tokens_label
+
+    for name, fn in (("sci", number), ("si", tokens_label), ("slug", _slug), ("run_name", _run_name)):
         OmegaConf.register_new_resolver(name, fn, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)

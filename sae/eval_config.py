@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from sae.config import ConfigError, _require
+from sae.config import _require
 
 STAGES = ("metrics", "interp", "all", "dashboard", "serve", "rubric_report")
 
@@ -33,12 +33,16 @@ class MetricsConfig:
     harvest_batch_size: int = 32
     # "Rare features are more similar": features sampled per group for the cosine histogram.
     similarity_plot_features: int = 2000
+    # Memory the [rows, n_features] feature activations of one chunk may take; rows per chunk follow
+    # from it, so a 256x SAE is evaluated in a few hundred MB rather than tens of GB.
+    memory_budget_mb: int = 512
 
     def __post_init__(self) -> None:
         for name in ("ce_tokens", "heldout_tokens", "density_tokens"):
             _require(getattr(self, name) >= 0, f"metrics.{name}={getattr(self, name)} must be >= 0 (0 skips that part).")
         _require(self.ce_batch_size >= 1, f"metrics.ce_batch_size={self.ce_batch_size} must be >= 1.")
         _require(self.harvest_batch_size >= 1, f"metrics.harvest_batch_size={self.harvest_batch_size} must be >= 1.")
+        _require(self.memory_budget_mb >= 1, f"metrics.memory_budget_mb={self.memory_budget_mb} must be >= 1.")
         _require(self.similarity_plot_features >= 2, f"metrics.similarity_plot_features={self.similarity_plot_features} must be >= 2.")
 
 
@@ -48,10 +52,10 @@ class EvaluateConfig:
     stage: str = "metrics"  # metrics | interp | all | dashboard | serve | rubric_report
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Overrides of the training run's model / data / activations / logger settings.
-    model: Dict[str, Any] = field(default_factory=dict)
-    data: Dict[str, Any] = field(default_factory=dict)
-    activations: Dict[str, Any] = field(default_factory=dict)
-    logger: Dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
     # Settings of the interpretability stage (sae.interp); filled by its own config files.
     interp: Optional[Any] = None
     explainer: Optional[Any] = None
@@ -59,20 +63,29 @@ class EvaluateConfig:
     # Settings of the feature browser (sae/dashboard/config.py, conf/dashboard/default.yaml).
     dashboard: Optional[Any] = None
     seed: int = 0
+    device: str = "auto"  # where the SAE runs: auto (cuda when available) | cpu | cuda | cuda:1 ...
 
     def __post_init__(self) -> None:
         _require(self.stage in STAGES, f"stage={self.stage!r}: choose one of {STAGES}.")
         _require(self.sae_path not in ("", "???"), "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")
+        _require(0 <= self.seed < 2**32, f"seed={self.seed} must be in [0, 2**32).")
 
 
 def default_eval_dir(sae_path: str) -> str:
-    """`<training run dir>/eval` (the run that holds `sae/`), else `<sae dir>/eval`: reruns reuse it."""
+    """`<training run dir>/eval` (the run that holds `sae/`), else `<sae dir>/eval`: reruns reuse it.
+
+    A missing or wrong sae_path resolves to a scratch directory instead of failing here, inside Hydra's
+    interpolation of its run directory: the evaluation itself then stops with a one-line error."""
+    import tempfile
+
     from sae.io import find_sae_dir
 
     try:
-        sae_dir = find_sae_dir(sae_path)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"sae_path={sae_path}: {exc}") from None
+        sae_dir = find_sae_dir(sae_path) if sae_path else None
+    except FileNotFoundError:
+        sae_dir = None
+    if sae_dir is None:
+        return str(Path(tempfile.gettempdir()) / "sae-evaluate-no-sae")
     run_dir = sae_dir.parent if sae_dir.name == "sae" else sae_dir
     return str(Path(run_dir).resolve() / "eval")
 

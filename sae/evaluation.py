@@ -1,4 +1,4 @@
-"""How good an SAE is, measured on held-out text (METHOD §3), in plain torch.
+"""How good an SAE is, measured on held-out text, in plain torch.
 
 * Spliced cross-entropy: the language model's next-token loss with the hooked activation clean,
   zero-ablated, or replaced by the SAE's reconstruction. BOS positions keep their clean value in
@@ -12,15 +12,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from sae.architectures import SparseAutoencoder
 from sae.config import DataConfig
 from sae.metrics import recovered_fraction
-from sae.architectures import SparseAutoencoder
 from sae.text import batched, iter_contexts, iter_texts
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
@@ -101,55 +101,87 @@ def spliced_loss(bridge, hook_name: str, tokens: torch.Tensor, reconstruct: Reco
     return SplicedLoss(*mean, tokens=count)
 
 
-class ActivationStats:
-    """Streaming reconstruction and sparsity statistics; float64 sums so long streams stay exact."""
+# Bytes one chunk's feature activations may take (float32), with room for the encoder's temporaries.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
-    def __init__(self, n_features: int):
-        self.fire_counts = torch.zeros(n_features, dtype=torch.long)
+
+def rows_per_chunk(n_features: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET, element_bytes: int = 4) -> int:
+    """Rows whose [rows, n_features] activations fit the budget; encoding holds ~3 such tensors at once
+    (pre-activation, bias added, ReLU), so a quarter of the budget goes to each with room to spare."""
+    return max(1, budget_bytes // (4 * n_features * element_bytes))
+
+
+class ActivationStats:
+    """Streaming reconstruction and sparsity statistics.
+
+    Only the accumulators are float64 (so long streams stay exact); the [rows, n_features] feature
+    activations stay in the SAE's dtype and are never copied, and `activation_stats` feeds them in
+    chunks of rows bounded by a memory budget: a 256x SAE of a 768-wide model needs ~0.8 MB per row.
+    """
+
+    def __init__(self, n_features: int, device: torch.device | str = "cpu"):
+        self.fire_counts = torch.zeros(n_features, dtype=torch.long, device=device)
         self.tokens = 0
-        self._sums: dict[str, float] = {k: 0.0 for k in ("l0", "l1", "sq_err", "sq_norm", "cosine", "norm_ratio")}
+        self._sums = torch.zeros(6, dtype=torch.float64, device=device)  # l0, l1, sq_err, sq_norm, cosine, norm_ratio
         self._sum_x: torch.Tensor | None = None
         self._d = 0
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> None:
-        x, x_hat, f = x.double(), x_hat.double(), f.double()
         fired = f > 0
-        self.fire_counts += fired.sum(dim=0).cpu()
+        per_feature = fired.sum(dim=0)
+        self.fire_counts += per_feature.to(self.fire_counts.device)
         self.tokens += len(x)
         self._d = x.shape[1]
-        s = self._sums
-        s["l0"] += fired.sum().item()
-        s["l1"] += f.abs().sum().item()
-        s["sq_err"] += (x - x_hat).pow(2).sum().item()
-        s["sq_norm"] += x.pow(2).sum().item()
-        s["cosine"] += F.cosine_similarity(x, x_hat, dim=-1).sum().item()
-        s["norm_ratio"] += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().item()
-        sum_x = x.sum(dim=0).cpu()
+        x, x_hat = x.double(), x_hat.double()  # [rows, d_in]: small
+        l1 = torch.linalg.vector_norm(f, ord=1, dim=1).double().sum()  # a reduction: no copy of f
+        x_norm, x_hat_norm = x.norm(dim=-1), x_hat.norm(dim=-1)
+        chunk = torch.stack([
+            per_feature.sum().double(),
+            l1,
+            (x - x_hat).pow(2).sum(),
+            x.pow(2).sum(),
+            F.cosine_similarity(x, x_hat, dim=-1).sum(),
+            (x_hat_norm / x_norm.clamp_min(1e-12)).sum(),
+        ])
+        self._sums += chunk.to(self._sums.device)
+        sum_x = x.sum(dim=0).to(self._sums.device)
         self._sum_x = sum_x if self._sum_x is None else self._sum_x + sum_x
 
     def result(self) -> dict[str, float]:
-        n, s = max(self.tokens, 1), self._sums
+        n = max(self.tokens, 1)
+        l0, l1, sq_err, sq_norm, cosine, norm_ratio = self._sums.tolist()
         # Σ‖x − mean‖² = Σ‖x‖² − n‖mean‖²
-        variance_sum = s["sq_norm"] - (self._sum_x.pow(2).sum().item() / n if self._sum_x is not None else 0.0)
+        variance_sum = sq_norm - (self._sum_x.pow(2).sum().item() / n if self._sum_x is not None else 0.0)
         return {
-            "l0": s["l0"] / n,
-            "l1": s["l1"] / n,
-            "mse": s["sq_err"] / (n * max(self._d, 1)),
-            "explained_variance": 1 - s["sq_err"] / max(variance_sum, 1e-12),
-            "cosine_similarity": s["cosine"] / n,
-            "norm_ratio": s["norm_ratio"] / n,
+            "l0": l0 / n,
+            "l1": l1 / n,
+            "mse": sq_err / (n * max(self._d, 1)),
+            "explained_variance": 1 - sq_err / max(variance_sum, 1e-12),
+            "cosine_similarity": cosine / n,
+            "norm_ratio": norm_ratio / n,
             "tokens": self.tokens,
         }
 
+    def counts(self) -> torch.Tensor:
+        """Per-feature firing counts, on the CPU."""
+        return self.fire_counts.cpu()
+
 
 @torch.no_grad()
-def activation_stats(sae: SparseAutoencoder, batches: Iterable[torch.Tensor], max_tokens: int) -> ActivationStats:
-    stats = ActivationStats(sae.n_features)
-    for x in batches:
-        x = x[: max_tokens - stats.tokens].to(sae.W_dec.device, sae.W_dec.dtype)
-        x_hat, f = sae(x)
-        stats.update(x, x_hat, f)
+def activation_stats(sae: SparseAutoencoder, batches: Iterable[torch.Tensor], max_tokens: int,
+                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> ActivationStats:
+    """Statistics over up to `max_tokens` rows of `batches`, on the SAE's device, in budget-sized chunks."""
+    p = sae.W_dec
+    stats = ActivationStats(sae.n_features, p.device)
+    step = rows_per_chunk(sae.n_features, memory_budget, p.element_size())
+    for batch in batches:
+        batch = batch[: max_tokens - stats.tokens]
+        for start in range(0, len(batch), step):
+            x = batch[start : start + step].to(p.device, p.dtype)
+            x_hat, f = sae(x)
+            stats.update(x, x_hat, f)
+            del x_hat, f
         if stats.tokens >= max_tokens:
             break
     return stats

@@ -134,3 +134,30 @@ def lazy_bridge(cfg: ModelConfig):
         return loaded[0]
 
     return get
+
+
+def max_context(cfg: ModelConfig) -> int | None:
+    """The model's maximum context from its Hugging Face config (no weights loaded); None if unknown here."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(cfg.name)
+    try:  # the local copy first: a run whose activations are cached may be offline
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception:
+        try:
+            hf_config = AutoConfig.from_pretrained(path)
+        except Exception:  # not reachable now: the model load reports it when the model is needed
+            return None
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(hf_config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context_length(cfg: ModelConfig, context_length: int) -> None:
+    """Before harvesting: a context longer than the model takes would fail (or exhaust memory) mid-run."""
+    limit = max_context(cfg)
+    if limit is not None and context_length > limit:
+        raise ConfigError(f"data.context_length={context_length} exceeds {cfg.name}'s maximum context of {limit} tokens: "
+                          f"use data.context_length<={limit}.")

@@ -30,6 +30,8 @@ class SAETrainingModule(L.LightningModule):
         self.cfg = cfg
         self.log_every_n_steps = log_every_n_steps
         self.last_metrics: dict[str, float] = {}
+        sae.sparse_kernel = cfg.sparse_kernel
+        self.sparse_path_steps = [0, 0]  # (steps on the sparse kernel, steps) since the last log line
         n = sae.n_features
         # Training state that must survive a resume: steps since each feature last fired (resampling),
         # and firing counts over the current density window (histograms, dead/ultralow fractions).
@@ -46,6 +48,7 @@ class SAETrainingModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         terms = self.sae.loss(batch, self.l1_coefficient())
+        self.sparse_path_steps = [self.sparse_path_steps[0] + terms.sparse_path, self.sparse_path_steps[1] + 1]
         with torch.no_grad():
             fired = terms.features > 0
             fired_any = fired.any(dim=0)
@@ -66,11 +69,13 @@ class SAETrainingModule(L.LightningModule):
             "train/sparsity_loss": terms.sparsity,
             "train/aux_loss": terms.auxiliary,
             "train/l0": l0,
+            "train/sparse_path": self.sparse_path_steps[0] / max(1, self.sparse_path_steps[1]),
             "train/explained_variance": explained_variance(batch.float(), terms.x_hat.float()),
             "train/l1_coefficient": self.l1_coefficient(),
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
         self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        self.sparse_path_steps = [0, 0]
         for logger in self.loggers:
             logger.log_metrics(self.last_metrics, step=self.global_step)
         self.log_dict({"loss": terms.total, "l0": l0}, prog_bar=True, on_step=True, logger=False)

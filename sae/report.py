@@ -3,6 +3,11 @@
     python -m sae.report multirun/smoke            # report.csv, report.md and plots/ in that directory
     python -m sae.report multirun/smoke --wandb    # ... and log them to W&B (group = the sweep)
 
+Runs that differ only by `sae.seed` form one setting: the report gives each setting's mean and
+95% interval (Student t over seeds) in both tables and as error bars on the plots. L0 and
+explained variance are the held-out values computed at the end of each run (`eval/*`), falling
+back to the last training batch's for runs made without them.
+
 It reads what the runs left on disk (`summary.json`, `.hydra/config.yaml`, `plots/density.png`), so
 it works on any sweep directory, finished or not: runs without a summary are listed as unfinished.
 `SweepReport` is the Hydra callback (see `hydra.callbacks` in conf/train.yaml) that writes the same
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,12 +28,15 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-COLUMNS_MD = {  # report.md column -> (row field, format)
+from sae.run_identity import number
+
+COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "run": ("run", "{}"),
     "expansion": ("expansion", "{}x"),
-    "L1": ("l1_coefficient", "{:.0e}"),
-    "lr": ("lr", "{:.0e}"),
+    "L1": ("l1_coefficient", number),  # exact: 2.5e-4 and 3.5e-4 stay apart
+    "lr": ("lr", number),
     "tokens": ("tokens", "{:,}"),
+    "seed": ("seed", "{}"),
     "L0": ("l0", "{:.1f}"),
     "recon. score": ("reconstruction_score", "{:.3f}"),
     "expl. var.": ("explained_variance", "{:.3f}"),
@@ -45,16 +54,93 @@ class RunRow:
     path: str  # relative to the sweep directory
     status: str  # "finished" | "unfinished"
     recipe: Optional[str] = None
+    architecture: Optional[str] = None
     expansion: Optional[int] = None
+    k: Optional[int] = None
     l1_coefficient: Optional[float] = None
     lr: Optional[float] = None
     tokens: Optional[int] = None  # the training budget (sae.tokens)
+    seed: Optional[int] = None
+    setting: Optional[str] = None  # hash of the training config without the seed: same setting, other seed
     steps: Optional[int] = None
     l0: Optional[float] = None
     reconstruction_score: Optional[float] = None
     explained_variance: Optional[float] = None
     dead_pct: Optional[float] = None
     ultralow_pct: Optional[float] = None
+    # The run's setting over its finished seeds: count, mean and 95% interval half-width per metric.
+    n_seeds: Optional[int] = None
+    l0_mean: Optional[float] = None
+    l0_ci95: Optional[float] = None
+    reconstruction_score_mean: Optional[float] = None
+    reconstruction_score_ci95: Optional[float] = None
+    explained_variance_mean: Optional[float] = None
+    explained_variance_ci95: Optional[float] = None
+    dead_pct_mean: Optional[float] = None
+    dead_pct_ci95: Optional[float] = None
+
+    @property
+    def family(self) -> str:
+        """What one curve of the frontier plot holds: the architecture when set, else the recipe."""
+        return str(self.architecture or self.recipe or "sae")
+
+
+AGGREGATED = ("l0", "reconstruction_score", "explained_variance", "dead_pct")
+
+
+@dataclass
+class Setting:
+    """Runs that differ only by seed, aggregated: mean and 95% interval half-width (None for one seed)."""
+
+    setting: str
+    label: str
+    members: list[RunRow]
+    mean: dict[str, Optional[float]]
+    ci95: dict[str, Optional[float]]
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    def __getattr__(self, name: str) -> Any:  # expansion, tokens, l1_coefficient, lr, family: the members' own
+        if name.startswith("__") or name in ("members", "mean", "ci95"):
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, Optional[float]]:
+    """Mean and the half-width of its 95% Student-t interval (None for a single value)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def aggregate(rows: list[RunRow]) -> list[Setting]:
+    """One `Setting` per distinct training config without the seed, over its finished runs; fills each row's
+    n_seeds / *_mean / *_ci95."""
+    groups: dict[str, list[RunRow]] = {}
+    for row in rows:
+        if row.status == "finished":
+            groups.setdefault(row.setting or row.path, []).append(row)
+    settings = []
+    for key, members in groups.items():
+        mean, ci = {}, {}
+        for metric in AGGREGATED:
+            values = [getattr(r, metric) for r in members if getattr(r, metric) is not None]
+            mean[metric], ci[metric] = mean_ci95(values) if values else (None, None)
+        label = members[0].run.rsplit("-", 1)[0].replace(f"_seed={members[0].seed}", "")
+        settings.append(Setting(key, label, members, mean, ci))
+        for r in members:
+            r.n_seeds = len(members)
+            for metric in AGGREGATED:
+                setattr(r, f"{metric}_mean", mean[metric])
+                setattr(r, f"{metric}_ci95", ci[metric])
+    return settings
 
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
@@ -63,6 +149,20 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     found = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
     found |= {p.parent for p in sweep_dir.rglob("summary.json")}
     return sorted(d for d in found if d != sweep_dir and not skip & set(d.relative_to(sweep_dir).parts))
+
+
+def _setting_of(run_dir: Path, cfg: dict) -> Optional[str]:
+    """Hash of the run's training identity without its seed (run_config.json, else the resolved config)."""
+    from sae.run_identity import RUN_CONFIG, identity_hash, training_identity
+
+    record = run_dir / RUN_CONFIG
+    identity = json.loads(record.read_text()).get("identity") if record.exists() else None
+    if identity is None and (run_dir / "sae" / "cfg.json").exists():
+        identity = json.loads(json.dumps(training_identity(cfg), default=str))
+    if not identity:
+        return None
+    identity = {**identity, "sae": {k: v for k, v in identity.get("sae", {}).items() if k != "seed"}}
+    return identity_hash(identity)
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -77,7 +177,9 @@ def _run_config(run_dir: Path) -> dict:
 
 
 def _find_metric(summary: dict, name: str) -> Optional[float]:
-    """`name` as logged under any prefix (eval/reconstruction_score, train/l0, ...)."""
+    """`name` as logged under any prefix, the held-out `eval/` value first (eval/l0, else train/l0)."""
+    if isinstance(summary.get(f"eval/{name}"), (int, float)):
+        return float(summary[f"eval/{name}"])
     for key, value in summary.items():
         if (key == name or key.endswith("/" + name)) and isinstance(value, (int, float)):
             return float(value)
@@ -103,10 +205,14 @@ def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
         path=str(run_dir.relative_to(sweep_dir)),
         status="finished" if finished else "unfinished",
         recipe=sae.get("recipe"),
+        architecture=sae.get("architecture"),
         expansion=_plain(sae.get("expansion"), int),
+        k=_plain(sae.get("k"), int),
         l1_coefficient=_plain(sae.get("l1_coefficient"), float),
         lr=_plain(sae.get("lr"), float),
         tokens=_plain(sae.get("tokens"), int),
+        seed=_plain(sae.get("seed"), int),
+        setting=_setting_of(run_dir, cfg),
         steps=_plain(summary.get("steps"), int),
         l0=_find_metric(summary, "l0"),
         reconstruction_score=_find_metric(summary, "reconstruction_score"),
@@ -117,8 +223,11 @@ def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
 
 
 def collect(sweep_dir: str | Path) -> list[RunRow]:
+    """Every run's row, with its setting's across-seed aggregates filled in."""
     sweep_dir = Path(sweep_dir)
-    return [read_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    rows = [read_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    aggregate(rows)
+    return rows
 
 
 def write_csv(rows: list[RunRow], path: Path) -> Path:
@@ -137,8 +246,27 @@ def markdown_table(rows: list[RunRow]) -> str:
         cells = []
         for attr, fmt in columns.values():
             value = getattr(row, attr)
-            cells.append("–" if value is None else fmt.format(value))
+            cells.append("–" if value is None else fmt(value) if callable(fmt) else fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(settings: list[Setting]) -> str:
+    """Mean ± 95% interval per setting, for the settings trained with more than one seed."""
+    multi = [s for s in settings if s.n > 1]
+    if not multi:
+        return ""
+
+    def cell(s: Setting, metric: str, fmt: str) -> str:
+        if s.mean[metric] is None:
+            return "–"
+        return fmt.format(s.mean[metric]) + ("" if s.ci95[metric] is None else " ± " + fmt.format(s.ci95[metric]))
+
+    lines = ["| setting | seeds | L0 | recon. score | expl. var. | dead % |", "|---|---|---|---|---|---|"]
+    for s in sorted(multi, key=lambda s: s.label):
+        seeds = ",".join(str(r.seed) for r in sorted(s.members, key=lambda r: r.seed if r.seed is not None else -1))
+        lines.append(f"| {s.label} | {seeds} | {cell(s, 'l0', '{:.1f}')} | {cell(s, 'reconstruction_score', '{:.3f}')} | "
+                     f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |")
     return "\n".join(lines)
 
 
@@ -167,11 +295,16 @@ def build_report(sweep_dir: str | Path) -> Report:
 
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    plots = write_plots(rows, sweep_dir, sweep_dir / "report_plots")
+    settings = aggregate(rows)
+    plots = write_plots(rows, settings, sweep_dir, sweep_dir / "report_plots")
     csv_path = write_csv(rows, sweep_dir / "report.csv")
     done = sum(r.status == "finished" for r in rows)
     parts = [f"# Sweep report: {_sweep_name(sweep_dir)}", "", f"{done} of {len(rows)} runs finished. Directory: `{sweep_dir}`.", "",
              markdown_table(rows), ""]
+    across = seeds_table(settings)
+    if across:
+        parts += ["## Across seeds", "", "Mean ± half-width of the 95% interval (Student t) over the seeds of each setting "
+                  "(runs that differ only by `sae.seed`).", "", across, ""]
     parts += [f"![{name}]({path.relative_to(sweep_dir)})\n" for name, path in plots.items()]
     md_path = sweep_dir / "report.md"
     md_path.write_text("\n".join(parts))

@@ -1,7 +1,9 @@
 """Text sources through `datasets`, cut into fixed-length token contexts that start with BOS.
 
 Every `holdout_every`-th document goes to the held-out split (evaluation, interpretability
-records) and never into training, for streamed and local sources alike.
+records) and never into training, for streamed and local sources alike. In local text files a
+document is a blank-line-separated block (`data.sample_by=paragraph`) or a whole file
+(`data.sample_by=document`), never a single line.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def load_documents(cfg: DataConfig):
         if missing:
             raise ConfigError(f"data.files: cannot read {missing}; give existing text or jsonl files.")
         try:
-            ds = datasets.load_dataset(cfg.format, data_files=list(cfg.files), split="train", streaming=cfg.streaming)
+            # Text files are read a document at a time (not a line at a time), so the held-out split never
+            # shares a document with training.
+            options = {"sample_by": cfg.sample_by} if cfg.format == "text" else {}
+            ds = datasets.load_dataset(cfg.format, data_files=list(cfg.files), split="train", streaming=cfg.streaming, **options)
         except Exception as exc:
             raise ConfigError(f"data.files={list(cfg.files)} could not be read as {cfg.format}: {exc}") from exc
     else:

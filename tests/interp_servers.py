@@ -3,7 +3,9 @@
 `ScriptedOpenAIServer` stands in only for what cannot run here (OpenAI's own servers, and their
 failures): it speaks the chat/completions wire format, so the real `openai` client and its retry
 logic are what the tests exercise. The behaviour is picked by the first path segment of the base
-URL (`/ok/v1`, `/429once/v1`, `/500/v1`, `/slow/v1`, `/garbage/v1`, `/truncated/v1`, `/nomodel/v1`).
+URL (`/ok/v1`, `/429once/v1`, `/500/v1`, `/slow/v1`, `/garbage/v1`, `/truncated/v1`, `/nomodel/v1`;
+`/logprobs/v1` and `/logprobs503once/v1` also answer completions with echoed prompt log-probabilities,
+like vLLM and llama.cpp's server).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ class ScriptedOpenAIServer:
     def __init__(self, slow_seconds: float = 3.0):
         self.slow_seconds = slow_seconds
         self.requests: list[tuple[str, str, dict]] = []  # (mode, endpoint, body) in arrival order
+        self.statuses: list[int] = []  # the status of every answer, in order
         self.answered: Counter = Counter()  # prompt_key -> times answered with 200
         self.hang_after: int | None = None  # answer this many 200s, then never answer again
         self._seen: Counter = Counter()
+        self._failed_once = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         server = self
@@ -65,6 +69,8 @@ class ScriptedOpenAIServer:
                     server._seen[(mode, prompt_key(body))] += 1
                     first = server._seen[(mode, prompt_key(body))] == 1
                 status, payload, headers = server.respond(mode, endpoint, body, first)
+                with server._lock:
+                    server.statuses.append(status)
                 if status == 200:
                     with server._lock:
                         hang = server.hang_after is not None and sum(server.answered.values()) >= server.hang_after
@@ -117,6 +123,12 @@ class ScriptedOpenAIServer:
             return 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"retry-after-ms": "20"}
         if mode == "slow":
             time.sleep(self.slow_seconds)
+        if endpoint == "completions" and mode.startswith("logprobs"):
+            with self._lock:
+                fail, self._failed_once = mode == "logprobs503once" and not self._failed_once, True
+            if fail:  # the very first completions request only
+                return error(503, "overloaded, try again")
+            return 200, echo_logprobs(body["prompt"], body.get("model", "scripted")), {}
         if endpoint == "completions":
             return error(404, "this endpoint serves chat only")  # like OpenAI's chat models: no prompt logprobs
         last = body["messages"][-1]["content"]
@@ -133,6 +145,29 @@ class ScriptedOpenAIServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
             "usage": {"prompt_tokens": len(last) // 4, "completion_tokens": len(content) // 4, "total_tokens": 0},
         }, {}
+
+
+def echo_logprobs(prompt: str, model: str) -> dict:
+    """An echoed completion with prompt log-probabilities: whitespace-led tokens; at every placeholder token
+    ("<TAB>unknown") all probability on the value len(previous token) % 11, elsewhere on a non-value."""
+    tokens = re.findall(r"\s*\S+|\s+", prompt)
+    offsets, top, pos = [], [], 0
+    for i, t in enumerate(tokens):
+        offsets.append(pos)
+        pos += len(t)
+        if i == 0:
+            top.append(None)
+        elif t.startswith("\t") and t.strip() == "unknown":
+            top.append({str(len(tokens[i - 1].strip()) % 11): 0.0})
+        else:
+            top.append({"the": -0.1})
+    return {
+        "id": "x", "object": "text_completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "text": prompt + " 0", "finish_reason": "length",
+                     "logprobs": {"tokens": tokens, "token_logprobs": [None] + [-0.1] * (len(tokens) - 1),
+                                  "top_logprobs": top, "text_offset": offsets}}],
+        "usage": {"prompt_tokens": len(tokens), "completion_tokens": 1, "total_tokens": len(tokens) + 1},
+    }
 
 
 def free_port() -> int:
@@ -164,7 +199,7 @@ class LlamaCppServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout: float = 300) -> "LlamaCppServer":
+    def start(self, timeout: float = 300) -> LlamaCppServer:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout

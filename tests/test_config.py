@@ -64,4 +64,17 @@ def test_train_script_reports_bad_input_and_exits(tmp_path, activation_cache_dir
 
 def test_resolved_config_has_readable_run_name():
     cfg = _compose(*TINY)
-    assert OmegaConf.select(cfg, "run_name") == "anthropic_2023_x2_l1=5e-3_lr=1e-3_tok=51.2k"
+    name = OmegaConf.select(cfg, "run_name")
+    label, digest = name.rsplit("-", 1)
+    assert label == "anthropic_2023_relu_x2_l1=5e-3_lr=1e-3_tok=51.2k_seed=0" and len(digest) == 8
+    # Values that one significant digit would merge keep distinct names.
+    names = {OmegaConf.select(_compose(*TINY, f"sae.lr={lr}"), "run_name") for lr in ("2.5e-4", "3.5e-4", "1.5e-4", "1e-4")}
+    assert {n.split("_lr=")[1].split("_")[0] for n in names} == {"2.5e-4", "3.5e-4", "1.5e-4", "1e-4"}
+    # Logging cadence is not part of the identity; a training setting is.
+    assert OmegaConf.select(_compose(*TINY, "trainer.log_every_n_steps=3"), "run_name") == name
+    assert OmegaConf.select(_compose(*TINY, "sae.betas=[0.9,0.999]"), "run_name") != name
+
+
+def test_devices_above_one_are_refused():
+    with pytest.raises(ConfigError, match="trainer.devices=2"):
+        to_objects(_compose("trainer.devices=2"), TrainConfig)

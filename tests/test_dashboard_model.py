@@ -110,7 +110,9 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
     from sae.dashboard.stages import Session, steerer
 
     cfg = DashboardConfig(steering_tokens=2)
-    session = Session(sae_dir, eval_dir, {"model": model_config(), "data": data}, cfg)
+    from sae.run_config import run_configs
+
+    session = Session(sae_dir, eval_dir, run_configs(json.loads((sae_dir / "cfg.json").read_text())), cfg)
     session.bridge = lambda: bridge
     srv = DashboardServer(session.site, session.db, "127.0.0.1", 0, steerer=steerer(session, cfg))
     threading.Thread(target=srv.serve_forever, daemon=True).start()

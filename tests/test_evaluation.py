@@ -1,4 +1,4 @@
-"""Reconstruction score and activation metrics on the real embedded model (METHOD §3)."""
+"""Reconstruction score and activation metrics on the real embedded model."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import pytest
 import torch
 
 from sae.activations import harvest
+from sae.architectures import ReLUSAE as SparseAutoencoder
 from sae.config import DataConfig, ModelConfig
-from sae.evaluation import (activation_stats, heldout_tokens, mean_pairwise_cosine, sae_reconstruction,
-                            spliced_loss)
+from sae.evaluation import (
+    DEFAULT_MEMORY_BUDGET,
+    activation_stats,
+    heldout_tokens,
+    mean_pairwise_cosine,
+    rows_per_chunk,
+    sae_reconstruction,
+    spliced_loss,
+)
+from sae.io import save_sae
 from sae.lm import bos_token_id, hook_name, load_language_model
 from sae.metrics import explained_variance
-from sae.architectures import ReLUSAE as SparseAutoencoder
+from tests.conftest import run_script, script_env
 
 MODEL = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=2)
 DATA = DataConfig(source="wiki_offline", alias="wiki", context_length=32)
@@ -74,14 +83,17 @@ def test_reconstruction_score_is_zero_for_a_zero_reconstruction(bridge, tokens):
     assert noisy.reconstruction_score != pytest.approx(0.0, abs=1e-3)
 
 
-def test_activation_metrics_match_numpy(bridge):
+@pytest.mark.parametrize("budget", [DEFAULT_MEMORY_BUDGET, 7 * 4 * 4 * 2 * 64])  # the second: 7 rows per chunk
+def test_activation_metrics_match_numpy(bridge, budget):
     acts = torch.cat(list(islice(harvest(bridge, MODEL, DATA, batch_size=8, split="heldout"), 3)))[:600]
     torch.manual_seed(0)
     sae = SparseAutoencoder(acts.shape[1], 2 * acts.shape[1])
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(dim=0))
     # Streamed in uneven chunks, as evaluate.py does.
-    stats = activation_stats(sae, iter([acts[:123], acts[123:400], acts[400:]]), max_tokens=550).result()
+    stats = activation_stats(sae, iter([acts[:123], acts[123:400], acts[400:]]), max_tokens=550, memory_budget=budget)
+    counts = stats.counts()
+    stats = stats.result()
     x = acts[:550].double().numpy()
     with torch.no_grad():
         x_hat, f = sae(acts[:550])
@@ -94,6 +106,8 @@ def test_activation_metrics_match_numpy(bridge):
     assert abs(ev - ev_about_zero) > 1e-3  # these activations have a mean, so the two formulas differ
     assert stats["mse"] == pytest.approx(((x - x_hat) ** 2).mean(), rel=1e-6)
     assert stats["l0"] == pytest.approx((f > 0).sum(axis=1).mean(), rel=1e-9)
+    assert stats["l1"] == pytest.approx(np.abs(f).sum(axis=1).mean(), rel=1e-6)
+    assert counts.tolist() == (f > 0).sum(axis=0).tolist()
     cos = (x * x_hat).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1))
     assert stats["cosine_similarity"] == pytest.approx(cos.mean(), rel=1e-6)
     assert stats["norm_ratio"] == pytest.approx((np.linalg.norm(x_hat, axis=1) / np.linalg.norm(x, axis=1)).mean(), rel=1e-6)
@@ -105,3 +119,52 @@ def test_mean_pairwise_cosine_matches_all_pairs():
     sims = u @ u.T
     brute = sims[~torch.eye(50, dtype=torch.bool)].mean().item()
     assert mean_pairwise_cosine(v) == pytest.approx(brute, rel=1e-6)
+
+
+def test_chunk_rows_follow_the_memory_budget():
+    """A 256x SAE of a 768-wide model: a chunk's feature activations (and the encoder's temporaries) fit the budget."""
+    n_features = 256 * 768
+    rows = rows_per_chunk(n_features)
+    assert 4 * rows * n_features * 4 <= DEFAULT_MEMORY_BUDGET < 4 * (rows + 1) * n_features * 4
+    assert rows_per_chunk(10**12) == 1  # never zero rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_statistics_on_the_gpu_equal_the_cpu():
+    torch.manual_seed(0)
+    x = torch.randn(3000, 32) + 0.3
+    sae = SparseAutoencoder(32, 256)
+    cpu = activation_stats(sae, iter([x[:1000], x[1000:]]), 2500, memory_budget=2**16)
+    gpu = activation_stats(sae.to("cuda"), iter([x[:1000], x[1000:]]), 2500, memory_budget=2**16)
+    assert gpu.fire_counts.device.type == "cuda"
+    assert gpu.counts().tolist() == cpu.counts().tolist()
+    for k, v in cpu.result().items():
+        assert gpu.result()[k] == pytest.approx(v, rel=1e-5), k
+
+
+def _one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_or_wrong_sae_path_is_one_line(tmp_path):
+    _one_line_error(run_script("evaluate.py", [], check=False, timeout=300), "sae_path is missing", "sae_path=<")
+    _one_line_error(run_script("evaluate.py", [f"sae_path={tmp_path / 'nothing'}"], check=False, timeout=300),
+                    "sae_path=", "no sae.safetensors")
+
+
+def test_openai_without_key_fails_before_any_work(tmp_path):
+    """stage=all: the key is checked before the metrics stage and the records pass start."""
+    run_dir = tmp_path / "run"
+    save_sae(SparseAutoencoder(8, 16), run_dir / "sae", {
+        "model": MODEL.name, "layer": 2, "hook": MODEL.hook, "hook_name": hook_name(MODEL),
+        "train_config": {"model": {"name": MODEL.name, "alias": "smollm2", "layer": 2},
+                         "data": {"source": "wiki_offline", "alias": "wiki"}}})
+    env = {**script_env(), "SAE_TEST_NO_SUCH_KEY": ""}
+    proc = run_script("evaluate.py", [f"sae_path={run_dir}", "stage=all", "explainer=openai",
+                                      "explainer.api_key_env=SAE_TEST_NO_SUCH_KEY"], check=False, timeout=300, env=env)
+    _one_line_error(proc, "SAE_TEST_NO_SUCH_KEY", "explainer.api_key_env=null")
+    assert not (run_dir / "eval" / "parts").exists() and not (run_dir / "eval" / "interp").exists()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sae.interp.backends import BackendError
+from sae.config import ConfigError
+from sae.interp.backends import BackendError, check_ready
 from sae.interp.backends.openai_backend import OpenAIBackend
 from sae.interp.config import ExplainerConfig, InterpConfig
 from sae.interp.pipeline import MethodRun
@@ -86,6 +87,40 @@ def test_failures_give_a_clear_reason(server, mode, reason):
         assert server.count("500") == 2  # first try + one retry
 
 
+def test_auto_probe_retries_a_transient_error_and_keys_the_method_used(server, tmp_path):
+    """The endpoint returns prompt log-probabilities, but the first probe meets a 503: retried, not
+    taken as "no log-probabilities"; every stored simulation is keyed by the method used, never "auto"."""
+    b = backend(server.url("logprobs503once"), max_retries=0)  # simulator=auto
+    store = ResultStore(tmp_path / "results.jsonl")
+    rows = MethodRun("openai", b, store, {"sae": "x"}, workers=1, log=lambda m: None).run([unit(0), unit(1)], INTERP)
+    assert [r.status for r in rows] == ["ok", "ok"]
+    assert {r.own.simulator_method for r in rows} == {r.control.simulator_method for r in rows} == {"logprobs"}
+    sims = [row for row in store.rows() if row["key"]["stage"] == "simulate"]
+    assert sims and all(row["key"]["simulator"].endswith(":logprobs") and row["method"] == "logprobs" for row in sims)
+    assert any(code == 503 for code in server.statuses)  # the transient error did happen
+    # the predictions are the server's expected values, token by token
+    stored = next(row for row in sims if row["key"]["unit"] == 0 and row["key"]["explanation_of"] == 0)
+    assert stored["predictions"]["top"] == [[len(t.strip()) % 11 for t in r.tokens] for r in unit(0).top]
+
+
+def test_a_record_token_unknown_does_not_shift_predictions(server):
+    """The echoed prompt holds " unknown" as a record token and as the placeholder after it."""
+    b = backend(server.url("logprobs"), simulator="logprobs")
+    rec = Record(tokens=[" the", " unknown", " value", " is"], acts=[0.0, 1.0, 0.0, 0.0])
+    sim = b.simulate(b.explain(unit(0)), [rec])
+    assert sim.method == "logprobs"
+    assert sim.predictions == [[3.0, 7.0, 5.0, 2.0]]  # the server's value per line: len(token) % 11
+
+
+def test_missing_key_fails_at_start_up(monkeypatch):
+    monkeypatch.delenv("SAE_TEST_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="SAE_TEST_NO_SUCH_KEY"):
+        check_ready(ExplainerConfig(kind="openai", model="gpt-4o-mini", api_key_env="SAE_TEST_NO_SUCH_KEY"))
+    monkeypatch.setenv("SAE_TEST_NO_SUCH_KEY", "sk-x")
+    check_ready(ExplainerConfig(kind="openai", model="gpt-4o-mini", api_key_env="SAE_TEST_NO_SUCH_KEY"))
+    check_ready(ExplainerConfig(kind="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None))
+
+
 def test_unreachable_endpoint_and_missing_key(monkeypatch):
     b = backend("http://127.0.0.1:9/v1", max_retries=0, timeout_s=2)
     with pytest.raises(BackendError, match="cannot reach http://127.0.0.1:9/v1"):
@@ -102,7 +137,7 @@ def test_api_key_never_reaches_results(server, tmp_path, monkeypatch):
     store = ResultStore(tmp_path / "results.jsonl")
     b = backend(server.url("nomodel"), api_key_env="SAE_TEST_KEY", max_retries=0)
     rows = MethodRun("openai", b, store, {"sae": "x"}, workers=2, log=lambda m: None).run([unit(0)], INTERP)
-    assert rows[0]["status"] == "failed" and "404" in rows[0]["reason"]
+    assert rows[0].status == "failed" and "404" in rows[0].reason
     assert secret not in (tmp_path / "results.jsonl").read_text()
 
 
@@ -122,15 +157,15 @@ def test_failed_units_are_marked_and_only_they_are_retried(server, tmp_path):
     b.memo = ResultStore(tmp_path / "requests.jsonl")
     b.broken = True
     rows = MethodRun("openai", b, ResultStore(store_path), {"sae": "x"}, workers=3, log=lambda m: None).run(units, INTERP)
-    status = {r["unit"]: r["status"] for r in rows}
+    status = {r.unit: r.status for r in rows}
     assert status == {0: "ok", 1: "ok", 2: "failed"}
-    assert "server error (500)" in rows[2]["reason"]
-    assert "top_and_random" in rows[0] and "control_top_and_random" in rows[0]
+    assert "server error (500)" in rows[2].reason
+    assert "top_and_random" in rows[0].own.splits and "top_and_random" in rows[0].control.splits
     asked_first = len(server.requests)
 
     b.broken = False
     rows = MethodRun("openai", b, ResultStore(store_path), {"sae": "x"}, workers=3, log=lambda m: None).run(units, INTERP)
-    assert all(r["status"] == "ok" for r in rows)
+    assert all(r.status == "ok" for r in rows)
     new = [body for _, _, body in server.requests[asked_first:]]
     # Asked again: unit 2's explanation, and its 4 records once. Its control uses the same
     # explanation text (the scripted server gives every unit the same one), so those questions
@@ -148,12 +183,12 @@ from sae.interp.store import ResultStore
 from sae.interp.backends.openai_backend import OpenAIBackend
 url, records_path, store_path = sys.argv[1:4]
 interp = InterpConfig(**json.loads(sys.argv[4]))
-units = load_records(__import__("pathlib").Path(records_path), {"test": 1})
+units, _ = load_records(__import__("pathlib").Path(records_path), {"test": 1})
 cfg = ExplainerConfig(kind="openai", model="scripted", base_url=url, api_key_env=None, simulator="integers", max_concurrency=2)
 backend = OpenAIBackend(cfg)
 backend.memo = ResultStore(store_path + ".requests")
 rows = MethodRun("openai", backend, ResultStore(store_path), {"sae": "x"}, 2, print).run(units, interp)
-print("DONE", json.dumps([r["status"] for r in rows]))
+print("DONE", json.dumps([r.status for r in rows]))
 """
 
 

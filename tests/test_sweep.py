@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 import wandb_records
 from conftest import REPO, read_json, run_script
 
-SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides"]
+SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides", "seeds", "architectures"]
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
     for row in rows:
         summary = read_json(sweep_dir / row["path"] / "summary.json")
         assert row["status"] == "finished"
-        assert float(row["l0"]) == pytest.approx(summary["train/l0"]) and float(row["l0"]) > 0
+        assert float(row["l0"]) == pytest.approx(summary["eval/l0"]) and float(row["l0"]) > 0  # held out
         assert 0 < float(row["explained_variance"]) <= 1
         assert 0 <= float(row["dead_pct"]) <= 100
     assert {(int(r["expansion"]), float(r["l1_coefficient"])) for r in rows} == {(1, 3e-4), (1, 3e-3), (4, 3e-4), (4, 3e-3)}
@@ -139,3 +139,72 @@ def test_report_command_lists_unfinished_runs(tmp_path):
     assert main([str(tmp_path / "sweep")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
     assert [(r["status"], r["expansion"], r["l0"]) for r in rows] == [("unfinished", "8", "")]
+
+
+def _fake_run(sweep: Path, name: str, sae: dict, summary: dict) -> None:
+    """A run directory as train.py leaves it (the report reads only these files)."""
+    import json
+
+    from sae.run_identity import write_identity
+
+    run = sweep / name
+    (run / "sae").mkdir(parents=True)
+    cfg = {"model": {"name": "m", "layer": 2, "hook": "h"}, "data": {"source": "wiki_offline"}, "activations": {}, "sae": sae}
+    (run / "sae" / "cfg.json").write_text(json.dumps({"train_config": cfg}))
+    (run / "sae" / "sae.safetensors").write_bytes(b"x")
+    (run / "summary.json").write_text(json.dumps({"run_name": name, **summary}))
+    write_identity(run, {k: v for k, v in cfg.items()})
+
+
+def test_report_aggregates_seeds_by_hand(tmp_path):
+    """Three seeds of one setting, one run of another: mean and t-interval checked by hand."""
+    from sae.report import build_report
+
+    sweep = tmp_path / "sweep"
+    base = {"recipe": "anthropic_2023", "expansion": 4, "l1_coefficient": 3e-3, "lr": 1e-3, "tokens": 1000}
+    for seed, (l0, score) in enumerate([(10.0, 0.80), (12.0, 0.86), (14.0, 0.83)]):
+        _fake_run(sweep, f"a_seed={seed}-h{seed}", {**base, "seed": seed},
+                  {"eval/l0": l0, "train/l0": 99.0, "eval/reconstruction_score": score, "eval/explained_variance": 0.5})
+    _fake_run(sweep, "b_seed=0-hb", {**base, "l1_coefficient": 1e-2, "seed": 0},
+              {"eval/l0": 3.0, "eval/reconstruction_score": 0.7, "eval/explained_variance": 0.4})
+    report = build_report(sweep)
+    rows = {r.run: r for r in report.rows}
+    a = rows["a_seed=0-h0"]
+    # mean 12, sd 2, t(0.975, 2) = 4.302653, half-width = 4.302653 * 2 / sqrt(3) = 4.968275
+    assert (a.n_seeds, a.l0, a.l0_mean) == (3, 10.0, 12.0)
+    assert a.l0_ci95 == pytest.approx(4.968275, abs=1e-5)
+    assert a.reconstruction_score_mean == pytest.approx(0.83)
+    assert a.reconstruction_score_ci95 == pytest.approx(4.302653 * 0.03 / 3**0.5, abs=1e-6)
+    assert a.explained_variance_ci95 == pytest.approx(0.0)
+    b = rows["b_seed=0-hb"]
+    assert (b.n_seeds, b.l0_mean, b.l0_ci95) == (1, 3.0, None)
+    assert len({r.setting for r in report.rows}) == 2
+    csv_rows = list(csv.DictReader(open(sweep / "report.csv")))
+    assert {r["run"]: r["l0_ci95"] for r in csv_rows}["b_seed=0-hb"] == ""
+    assert float({r["run"]: r["l0_mean"] for r in csv_rows}["a_seed=2-h2"]) == 12.0
+    md = report.markdown.read_text()
+    assert "| 0,1,2 | 12.0 ± 5.0 | 0.830 ± 0.075 | 0.500 ± 0.000 |" in md
+    assert (sweep / "report_plots" / "frontier.png").stat().st_size > 1000
+
+
+def test_frontier_draws_one_curve_per_recipe(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from sae.report import aggregate, collect
+    from sae.report_plots import plot_frontier
+
+    sweep = tmp_path / "sweep"
+    for recipe, l1s in (("anthropic_2023", (1e-3, 1e-2)), ("anthropic_2024", (1.0, 5.0))):
+        for i, l1 in enumerate(l1s):
+            _fake_run(sweep, f"{recipe}_{i}", {"recipe": recipe, "expansion": 4, "l1_coefficient": l1, "lr": 1e-3, "tokens": 1000, "seed": 0},
+                      {"eval/l0": 10.0 * (i + 1), "eval/reconstruction_score": 0.5 + 0.1 * i})
+    rows = collect(sweep)
+    drawn, errorbar = [], plt.Axes.errorbar
+
+    def recording_errorbar(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x), list(y)))
+        return errorbar(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "errorbar", recording_errorbar)
+    assert plot_frontier(rows, aggregate(rows), tmp_path / "f.png").stat().st_size > 1000
+    assert sorted(drawn) == [("anthropic_2023", [10.0, 20.0], [0.5, 0.6]), ("anthropic_2024", [10.0, 20.0], [0.5, 0.6])]

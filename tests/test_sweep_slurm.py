@@ -41,9 +41,9 @@ def slurm():
     shutil.rmtree(cluster.root, ignore_errors=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float, pattern: str | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (any(path.glob(pattern)) if pattern else path.exists()):
         assert proc.poll() is None, f"the sweep ended before {path} appeared"
         assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f}s"
         time.sleep(0.5)
@@ -63,8 +63,10 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
         proc = subprocess.Popen(args, cwd=REPO, env={**script_env(), **slurm.env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             # Job #0 (x1, l1=3e-4) wrote its first checkpoint: signal it as Slurm does before a time limit.
-            run0 = sweep_dir / "smollm2-L2-hook_mlp_out_anthropic_2023_x1_l1=3e-4_lr=1e-4_tok=76.8k"
-            _wait_for(run0 / "checkpoints" / "last.ckpt", proc, timeout=600)
+            # The run directory ends in a hash of the training config: found by its readable part.
+            pattern = "smollm2-L2-hook_mlp_out_anthropic_2023_relu_x1_l1=3e-4_lr=1e-4_tok=76.8k_seed=0-*/checkpoints/last.ckpt"
+            _wait_for(sweep_dir, proc, timeout=600, pattern=pattern)
+            run0 = next(sweep_dir.glob(pattern)).parent.parent
             array_id = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=slurm.env).stdout.split()[0]
             subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", f"{array_id}_0"], check=True, env=slurm.env)
             proc.wait(timeout=900)

@@ -28,6 +28,7 @@ class LossTerms:
     auxiliary: torch.Tensor  # e.g. the AuxK loss on dead latents; 0 where there is none
     x_hat: torch.Tensor
     features: torch.Tensor
+    sparse_path: bool = False  # whether the batch ran the products over active latents only (sae/sparse.py)
 
 
 class SparseAutoencoder(nn.Module, ABC):
@@ -41,6 +42,9 @@ class SparseAutoencoder(nn.Module, ABC):
     # reconstructed inputs; architectures whose own mechanism revives latents refuse it.
     supports_resampling: ClassVar[bool] = False
     dead_latent_remedy: ClassVar[str] = "none"  # said in the start-up error when resampling is refused
+    # How a training loss runs the products over active latents (sae/sparse.py): "auto", "dense" or
+    # "sparse"; the trainer sets it from sae.sparse_kernel. Architectures without a sparse loss ignore it.
+    sparse_kernel: str = "auto"
 
     def __init__(self, d_in: int, n_features: int, settings: Any = None):
         super().__init__()

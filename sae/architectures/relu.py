@@ -16,6 +16,7 @@ import torch
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
 from sae.config import ConfigError
+from sae.sparse import encode_decode
 
 
 @dataclass
@@ -69,11 +70,12 @@ class ReLUSAE(SparseAutoencoder):
         return reconstruction, l1
 
     def loss(self, x: torch.Tensor, sparsity_coefficient: float) -> LossTerms:
-        x_hat, f = self(x)
-        reconstruction, l1 = self.per_input_loss(x, x_hat, f)
+        step = encode_decode(self, x, torch.relu, self.sparse_kernel)
+        reconstruction, l1 = self.per_input_loss(x, step.x_hat, step.features)
         reconstruction, l1 = reconstruction.mean(), l1.mean()
         zero = reconstruction.new_zeros(())
-        return LossTerms(reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, x_hat, f)
+        return LossTerms(reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, step.x_hat, step.features,
+                         step.sparse)
 
     def before_optimizer_step_(self) -> None:
         if self.settings.unit_norm_decoder:

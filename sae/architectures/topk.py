@@ -18,6 +18,7 @@ import torch
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
 from sae.config import ConfigError
+from sae.sparse import encode_decode
 
 
 @dataclass
@@ -66,6 +67,13 @@ class TopKSAE(SparseAutoencoder):
         return keep_top_k(pre, self.settings.k)
 
     def loss(self, x: torch.Tensor, sparsity_coefficient: float) -> LossTerms:
+        if self.settings.aux_coefficient == 0 or not self.dead_mask().any():
+            # Without AuxK only the selected latents carry gradient: the sparse kernel applies.
+            step = encode_decode(self, x, self.select, self.sparse_kernel)
+            reconstruction = self.squared_error(x, step.x_hat).mean()
+            self._count_firing(step.features, len(x))
+            zero = reconstruction.new_zeros(())
+            return LossTerms(reconstruction, reconstruction, zero, zero, step.x_hat, step.features, step.sparse)
         pre = self.pre_activation(x)
         f = self.select(pre)
         x_hat = self.decode(f)

@@ -64,9 +64,16 @@ class InterpConfig:
         _require(1 <= self.score_tokens <= self.window, f"interp.score_tokens={self.score_tokens} must be in 1..interp.window ({self.window}).")
         _require(self.n_contexts >= self.n_score_random, f"interp.n_contexts={self.n_contexts} must be >= interp.n_score_random={self.n_score_random}.")
         _require(self.n_explain >= 1, f"interp.n_explain={self.n_explain} must be >= 1.")
-        _require(self.n_score_top >= 0 and self.n_score_random >= 0, "interp.n_score_top and interp.n_score_random must be >= 0.")
+        _require(self.n_score_top >= 0, f"interp.n_score_top={self.n_score_top} must be >= 0.")
+        _require(self.n_score_random >= 0, f"interp.n_score_random={self.n_score_random} must be >= 0.")
         bad = [s for s in self.splits if s not in SPLITS]
         _require(not bad and bool(self.splits), f"interp.splits={list(self.splits)}: choose from {SPLITS}.")
+        _require(self.n_contexts >= 1, f"interp.n_contexts={self.n_contexts} must be >= 1.")
+        _require(self.batch_size >= 1, f"interp.batch_size={self.batch_size} must be >= 1 (contexts per forward).")
+        _require(self.n_quantiles >= 1, f"interp.n_quantiles={self.n_quantiles} must be >= 1.")
+        _require(self.per_quantile >= 1, f"interp.per_quantile={self.per_quantile} must be >= 1.")
+        _require(self.bootstrap_resamples >= 1, f"interp.bootstrap_resamples={self.bootstrap_resamples} must be >= 1.")
+        _require(0 <= self.seed < 2**32, f"interp.seed={self.seed} must be in [0, 2**32).")
         if self.features is not None:
             _require(all(int(f) >= 0 for f in self.features), f"interp.features={list(self.features)} must be unit indices >= 0.")
 
@@ -107,6 +114,10 @@ class ExplainerConfig:
         _require(1 <= self.top_logprobs <= 20, f"explainer.top_logprobs={self.top_logprobs} must be in 1..20.")
         _require(self.dtype in ("float32", "bfloat16"), f"explainer.dtype={self.dtype!r}: use float32 or bfloat16.")
         _require(self.context_tokens >= 0, f"explainer.context_tokens={self.context_tokens} must be >= 0.")
+        _require(self.explanation_max_tokens >= 1, f"explainer.explanation_max_tokens={self.explanation_max_tokens} must be >= 1.")
+        _require(self.temperature >= 0, f"explainer.temperature={self.temperature} must be >= 0.")
+        _require(self.sim_batch_size >= 1, f"explainer.sim_batch_size={self.sim_batch_size} must be >= 1.")
+        _require(self.max_patterns >= 1, f"explainer.max_patterns={self.max_patterns} must be >= 1.")
         if self.kind == "openai":
             _require(bool(self.model) and not self.model.startswith("embedded:"),
                      f"explainer.model={self.model!r}: name the model the endpoint serves, e.g. explainer.model=gpt-4o-mini.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 PROMPT_VERSION = "bills2023-v1"
 EXPLANATION_PREFIX = "the main thing this feature does is find"

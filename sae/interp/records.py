@@ -9,13 +9,14 @@ the unit's activation. Records are saved to JSON so a resumed run never repeats 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from sae.files import atomic_write_json
 from sae.interp.config import InterpConfig
 from sae.text import batched, iter_contexts, iter_texts
 
@@ -40,7 +41,7 @@ class UnitRecords:
     quantiles: list[Record]
 
     @staticmethod
-    def from_dict(d: dict) -> "UnitRecords":
+    def from_dict(d: dict) -> UnitRecords:
         groups = {k: [Record(**r) for r in d[k]] for k in ("explain", "top", "random", "quantiles")}
         return UnitRecords(unit=d["unit"], max_activation=d["max_activation"], density=d["density"], **groups)
 
@@ -63,15 +64,18 @@ def unit_encoder(sae, units: str, candidates: list[int]) -> Callable[[torch.Tens
 
 
 @torch.no_grad()
-def harvest(bridge, hook: str, layer: int, encode, candidates: list[int], data_cfg, cfg: InterpConfig, bos_id: int) -> Harvest:
-    """One pass over held-out text; activations on BOS (document separators) are set to 0."""
+def harvest(bridge, hook: str, layer: int, encode, candidates: list[int], data_cfg, cfg: InterpConfig, bos_id: int,
+            device: torch.device | str = "cpu") -> Harvest:
+    """One pass over held-out text; activations on BOS (document separators) are set to 0.
+
+    `encode` runs on `device` (where the SAE is); the activations are kept on the CPU."""
     contexts = iter_contexts(iter_texts(data_cfg, "heldout"), bridge.tokenizer, cfg.window + 1, bos_id)
     ids, acts, n = [], [], 0
     with torch.inference_mode():
         for tokens in batched(contexts, cfg.batch_size):
             tokens = tokens[: cfg.n_contexts - n].to(bridge.cfg.device)
             _, cache = bridge.run_with_cache(tokens, names_filter=hook, stop_at_layer=layer + 1)
-            a = encode(cache[hook].float().cpu())[:, 1:]
+            a = encode(cache[hook].float().to(device)).cpu()[:, 1:]
             body = tokens[:, 1:].cpu()
             a[body == bos_id] = 0
             ids.append(body)
@@ -82,6 +86,43 @@ def harvest(bridge, hook: str, layer: int, encode, candidates: list[int], data_c
     if not ids:
         raise RuntimeError("no held-out text: the data source gave no contexts for the held-out split.")
     return Harvest(torch.cat(ids), torch.cat(acts), list(candidates))
+
+
+def unit_hook(sae_cfg: dict, interp: InterpConfig) -> str:
+    """The hook whose activations the units read: the SAE's own, or `interp.neuron_hook` of the same block."""
+    if interp.units == "neurons" and interp.neuron_hook:
+        return f"blocks.{sae_cfg['layer']}.{interp.neuron_hook}"
+    return sae_cfg["hook_name"]
+
+
+def harvest_units(sae, sae_cfg: dict, interp: InterpConfig, bridge=None) -> tuple[Harvest, object]:
+    """The records pass: the chosen units' activations on every token of `interp.n_contexts` held-out windows.
+
+    One model pass for all units; returns the harvest and the language model (for its tokenizer).
+    Everything that shows units on text (scoring, dashboards) builds on this.
+    """
+    from sae.config import ConfigError
+    from sae.lm import bos_token_id, load_language_model
+    from sae.run_config import run_configs
+
+    if not (sae_cfg.get("train_config") or {}).get("data"):
+        raise ConfigError("cfg.json has no train_config.data: cannot tell which text the SAE was trained on.")
+    run = run_configs(sae_cfg)
+    bridge = bridge or load_language_model(run.model)
+    hook = unit_hook(sae_cfg, interp)
+    if hook not in bridge.hook_dict:
+        raise ConfigError(f"interp.neuron_hook={interp.neuron_hook!r}: {hook} is not a hook of {run.model.name}.")
+    if interp.units == "neurons":
+        probe = torch.tensor([[bos_token_id(bridge)]], device=bridge.cfg.device)
+        _, cache = bridge.run_with_cache(probe, names_filter=hook, stop_at_layer=sae_cfg["layer"] + 1)
+        n_units = cache[hook].shape[-1]
+    else:
+        n_units = sae.n_features
+    candidates = choose_candidates(n_units, interp)
+    encode = unit_encoder(sae, interp.units, candidates)
+    device = sae.W_dec.device if interp.units == "features" else "cpu"
+    h = harvest(bridge, hook, sae_cfg["layer"], encode, candidates, run.data, interp, bos_token_id(bridge), device)
+    return h, bridge
 
 
 class TokenStrings:
@@ -117,8 +158,7 @@ def window_around_max(acts_row: torch.Tensor, length: int) -> int:
     return int(min(max(0, peak - (length - 3)), len(acts_row) - length))
 
 
-def unit_records(h: Harvest, u: int, cfg: InterpConfig, strings: TokenStrings, random_contexts: np.ndarray,
-                 random_starts: np.ndarray, rng: np.random.Generator) -> UnitRecords:
+def unit_records(h: Harvest, u: int, cfg: InterpConfig, strings: TokenStrings, rng: np.random.Generator) -> UnitRecords:
     a = h.acts[:, :, u]
     ctx_max = a.max(dim=1).values
     active = torch.nonzero(ctx_max > 0).flatten()
@@ -127,6 +167,13 @@ def unit_records(h: Harvest, u: int, cfg: InterpConfig, strings: TokenStrings, r
     rng.shuffle(pool)  # explain on a spread of the top windows, score on the others
     explain_ctx, top_ctx = pool[: cfg.n_explain], pool[cfg.n_explain :]
     T, L = h.token_ids.shape[1], cfg.score_tokens
+    # Random windows never come from the contexts the explainer saw: scoring them would test recall.
+    others = np.setdiff1d(np.arange(h.token_ids.shape[0]), explain_ctx)
+    if not len(others):
+        raise ValueError(f"interp.n_contexts={h.token_ids.shape[0]} held-out windows leave none to score beside the "
+                         f"{len(explain_ctx)} explained ones: raise interp.n_contexts.")
+    random_contexts = rng.choice(others, size=cfg.n_score_random, replace=len(others) < cfg.n_score_random)
+    random_starts = rng.integers(0, T - L + 1, size=cfg.n_score_random)
 
     quantile_ctx = []
     rest = order[len(pool):].numpy()
@@ -163,10 +210,6 @@ def choose_candidates(n_units: int, cfg: InterpConfig) -> list[int]:
 def build_records(h: Harvest, cfg: InterpConfig, tokenizer, explicit: bool) -> tuple[list[UnitRecords], list[int]]:
     """Records for the chosen units; with a sample, units that never fired are skipped (returned second)."""
     rng = np.random.default_rng(cfg.seed + 1)
-    N, T = h.token_ids.shape
-    L = cfg.score_tokens
-    random_contexts = rng.choice(N, size=cfg.n_score_random, replace=N < cfg.n_score_random)
-    random_starts = rng.integers(0, T - L + 1, size=cfg.n_score_random)
     strings = TokenStrings(tokenizer)
     out, skipped = [], []
     for u in range(len(h.units)):
@@ -174,26 +217,24 @@ def build_records(h: Harvest, cfg: InterpConfig, tokenizer, explicit: bool) -> t
         if not explicit and fired < cfg.n_explain:
             skipped.append(h.units[u])
             continue
-        out.append(unit_records(h, u, cfg, strings, random_contexts, random_starts, rng))
+        out.append(unit_records(h, u, cfg, strings, rng))
         if not explicit and len(out) == cfg.n_features:
             break
     return out, skipped
 
 
-def save_records(path: Path, meta: dict, records: list[UnitRecords]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "units": [asdict(r) for r in records]}))
-    tmp.replace(path)
+def save_records(path: Path, meta: dict, records: list[UnitRecords], skipped: list[int] | None = None) -> None:
+    atomic_write_json(path, {"meta": meta, "units": [asdict(r) for r in records], "skipped": list(skipped or [])}, indent=None)
 
 
-def load_records(path: Path, meta: dict) -> list[UnitRecords] | None:
-    """The saved records when they were made with the same settings, else None."""
+def load_records(path: Path, meta: dict) -> tuple[list[UnitRecords], list[int]] | None:
+    """The saved records and the units skipped for never firing, when made with the same settings; else None."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if data.get("meta") != meta:
+    if data.get("meta") != meta or "skipped" not in data:
         return None
-    return [UnitRecords.from_dict(d) for d in data["units"]]
+    return [UnitRecords.from_dict(d) for d in data["units"]], [int(u) for u in data["skipped"]]

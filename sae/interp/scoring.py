@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 
 from sae.interp.records import Record, UnitRecords
+from sae.interp.results import Interval, SplitScore
 
 
 def split_records(records: UnitRecords, split: str) -> list[Record]:
@@ -28,34 +29,41 @@ def split_records(records: UnitRecords, split: str) -> list[Record]:
     raise ValueError(split)
 
 
-def correlations(true: Sequence[float], predicted: Sequence[float]) -> dict:
-    """Pooled Spearman and Pearson; NaN when either side is constant (e.g. a unit silent on random text)."""
+def correlations(true: Sequence[float], predicted: Sequence[float]) -> SplitScore:
+    """Pooled Spearman and Pearson.
+
+    A constant prediction carries no information about which tokens fire: it scores 0 (not NaN, which
+    would drop the unit from one mean but not the other). Only when the true activations are constant
+    (the unit silent on every scored token) is the correlation undefined (NaN), for every explanation alike.
+    """
     t, p = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     if len(t) != len(p):
         raise ValueError(f"{len(t)} true activations but {len(p)} predictions")
-    result = {"n": int(len(t)), "spearman": math.nan, "pearson": math.nan}
-    if len(t) >= 2 and np.ptp(t) > 0 and np.ptp(p) > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result["spearman"] = float(stats.spearmanr(t, p).statistic)
-            result["pearson"] = float(stats.pearsonr(t, p).statistic)
-    return result
+    if len(t) < 2 or np.ptp(t) == 0:
+        return SplitScore(n=int(len(t)), spearman=math.nan, pearson=math.nan)
+    if np.ptp(p) == 0:
+        return SplitScore(n=int(len(t)), spearman=0.0, pearson=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SplitScore(n=int(len(t)), spearman=float(stats.spearmanr(t, p).statistic),
+                          pearson=float(stats.pearsonr(t, p).statistic))
 
 
-def score_split(records: Sequence[Record], predictions: Sequence[Sequence[float]]) -> dict:
+def score_split(records: Sequence[Record], predictions: Sequence[Sequence[float]]) -> SplitScore:
     true = [a for r in records for a in r.acts]
     pred = [v for p in predictions for v in p]
     return correlations(true, pred)
 
 
-def summarise(values: Sequence[float], n_resamples: int = 2000, seed: int = 0) -> dict:
+def summarise(values: Sequence[float], n_resamples: int = 2000, seed: int = 0) -> Interval:
     """Mean over units (NaNs left out) with a bootstrap 95% interval; no interval for fewer than 2 units."""
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    out = {"mean": float(v.mean()) if len(v) else math.nan, "ci95": [math.nan, math.nan], "n_units": int(len(v))}
+    mean = float(v.mean()) if len(v) else math.nan
+    ci95 = [math.nan, math.nan]
     if len(v) >= 2 and np.ptp(v) > 0:
         res = stats.bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=0.95, method="percentile",
                               random_state=np.random.default_rng(seed))
-        out["ci95"] = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+        ci95 = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
     elif len(v) >= 2:
-        out["ci95"] = [float(v[0]), float(v[0])]
-    return out
+        ci95 = [float(v[0]), float(v[0])]
+    return Interval(mean=mean, ci95=ci95, n_units=int(len(v)))

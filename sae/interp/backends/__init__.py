@@ -7,8 +7,19 @@ unreachable endpoint, unknown model, malformed or truncated completion) is raise
 
 from __future__ import annotations
 
+from sae.config import ConfigError
 from sae.interp.backends.base import Backend, BackendError, Explanation, Simulation
 from sae.interp.config import ExplainerConfig
+
+
+def check_ready(cfg: ExplainerConfig) -> None:
+    """Start-up checks that need no network and no model: fail before any work is done."""
+    import os
+
+    if cfg.kind == "openai" and cfg.api_key_env is not None and not os.environ.get(cfg.api_key_env):
+        raise ConfigError(f"explainer=openai needs an API key: the environment variable {cfg.api_key_env} "
+                          f"(explainer.api_key_env) is not set. Export it, or set explainer.api_key_env=null "
+                          f"for a server that needs no key.")
 
 
 def build_backend(cfg: ExplainerConfig) -> Backend:
@@ -25,4 +36,4 @@ def build_backend(cfg: ExplainerConfig) -> Backend:
     return OpenAIBackend(cfg)
 
 
-__all__ = ["Backend", "BackendError", "Explanation", "Simulation", "build_backend"]
+__all__ = ["Backend", "BackendError", "Explanation", "Simulation", "build_backend", "check_ready"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 from sae.interp.prompts import MAX_VALUE, quantise
 from sae.interp.records import Record, UnitRecords

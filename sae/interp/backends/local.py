@@ -10,7 +10,7 @@ its key/value cache reused for every record. Works with no network on the packag
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -11,18 +11,30 @@ read from the environment variable named by `api_key_env` and scrubbed from ever
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
 import threading
-from typing import Sequence
+import time
+from collections.abc import Sequence
 
 from sae.interp.backends.base import BackendError, Explanation, Simulation, add_usage, expected_value, prompt_records
 from sae.interp.config import ExplainerConfig
-from sae.interp.prompts import MalformedCompletion, explain_messages, integers_messages, parse_explanation, parse_integers, simulate_text
+from sae.interp.prompts import (
+    MalformedCompletion,
+    explain_messages,
+    integers_messages,
+    parse_explanation,
+    parse_integers,
+    simulate_prompt,
+    simulate_text,
+)
 from sae.interp.records import Record, UnitRecords
 
 PROMPT_RECORDS = 5
+PROBE_ATTEMPTS = 3  # probes of `simulator=auto` before a unit fails undecided (each with the client's own retries)
+PROBE_BACKOFF_S = 0.5
 NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
 
 
@@ -44,7 +56,12 @@ class OpenAIBackend:
             self.client = openai.OpenAI(base_url=cfg.base_url, api_key=self._key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
 
     def simulator_identity(self) -> str:
-        return f"{self.identity}:{self.cfg.simulator}"
+        """Keys stored simulations: the method actually used once `auto` is resolved."""
+        return f"{self.identity}:{self._method or self.cfg.simulator}"
+
+    def resolve_simulator(self, explanation: Explanation, record: Record) -> str:
+        """Decide `auto` (once per run) before the first simulation is keyed."""
+        return self._method or self._probe(explanation, record)
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -136,16 +153,28 @@ class OpenAIBackend:
         return Simulation(predictions=predictions, method=method, usage=usage)
 
     def _probe(self, explanation: Explanation, record: Record) -> str:
-        """auto: does this endpoint return prompt log-probabilities? Decided once per run."""
+        """auto: does this endpoint return prompt log-probabilities? Decided once per run, and only on a
+        definite answer (a response without them, or a refusal of the request): a transient failure
+        (timeout, dropped connection, 429, 5xx) is retried, and if it persists the unit fails undecided."""
+        o = self._openai
+        transient = (o.APIConnectionError, o.RateLimitError, o.InternalServerError)
         with self._method_lock:
-            if self._method is None:
+            attempt = 0
+            while self._method is None:
                 try:
                     self._logprobs(explanation.text, record.tokens, {})
                     self._method = "logprobs"
                 except BackendError as exc:
-                    if isinstance(exc.__cause__, (self._openai.APIConnectionError, self._openai.AuthenticationError)) or self.client is None:
+                    if self.client is None or isinstance(exc.__cause__, o.AuthenticationError):
                         raise  # the endpoint itself is unusable: not a reason to change method
-                    self._method = "integers"
+                    if not isinstance(exc.__cause__, transient):
+                        self._method = "integers"
+                    elif attempt + 1 >= PROBE_ATTEMPTS:
+                        raise BackendError(f"could not tell whether the endpoint returns prompt log-probabilities "
+                                           f"({PROBE_ATTEMPTS} probes): {exc}") from exc
+                    else:
+                        time.sleep(PROBE_BACKOFF_S * 2**attempt)
+                        attempt += 1
             return self._method
 
     def _simulate_one(self, method: str, explanation: str, tokens: Sequence[str], usage: dict) -> list[float]:
@@ -162,6 +191,11 @@ class OpenAIBackend:
 
     def _logprobs(self, explanation: str, tokens: Sequence[str], usage: dict) -> list[float]:
         where = self.cfg.base_url or "api.openai.com"
+        prefix, lines = simulate_prompt(explanation, tokens)
+        placeholders, offset = [], len(prefix)  # where each line's "unknown" starts in the prompt text
+        for line in lines:
+            placeholders.append(offset + len(line))
+            offset += len(line) + len("unknown\n")
 
         def parse(response):
             choice = self._only_choice(response)
@@ -170,12 +204,9 @@ class OpenAIBackend:
             if lp is None or not lp.tokens or not lp.top_logprobs:
                 raise BackendError(f"{where} returned no prompt log-probabilities (echo + logprobs); "
                                    "use explainer.simulator=integers for this endpoint.")
-            at_unknown = [i for i, t in enumerate(lp.tokens) if t.strip() == "unknown"][-len(tokens):]
-            if len(at_unknown) != len(tokens):
-                raise MalformedCompletion(f"malformed completion: {len(at_unknown)} 'unknown' positions in the echoed "
-                                          f"prompt, expected {len(tokens)}")
+            at = placeholder_tokens(lp.tokens, getattr(lp, "text_offset", None), placeholders)
             # no value among the top-N at a position: predict inactive there
-            return [expected_value(lp.top_logprobs[i] or {}) or 0.0 for i in at_unknown]
+            return [expected_value(lp.top_logprobs[i] or {}) or 0.0 for i in at]
 
         return self._ask("completions", parse, prompt=simulate_text(explanation, tokens), max_tokens=1, echo=True,
                          logprobs=self.cfg.top_logprobs, temperature=0)
@@ -194,3 +225,25 @@ class OpenAIBackend:
         if u is None:
             return {}
         return {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0), "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
+
+
+def placeholder_tokens(tokens: Sequence[str], text_offset: Sequence[int] | None, placeholders: Sequence[int]) -> list[int]:
+    """Index of the echoed token holding each "unknown" placeholder, found by character offset.
+
+    Matching by offset, not by text, so a record token that is itself " unknown" is never taken for a
+    placeholder. Uses the server's `text_offset` when it gives one, else the tokens' running lengths.
+    """
+    candidates = []
+    if text_offset is not None and len(text_offset) == len(tokens):
+        candidates.append(list(text_offset))
+    starts, pos = [], 0
+    for t in tokens:
+        starts.append(pos)
+        pos += len(t)
+    candidates.append(starts)
+    for starts in candidates:
+        at = [bisect.bisect_right(starts, p) - 1 for p in placeholders]
+        if all(0 <= i < len(tokens) and "unknown".startswith(tokens[i].strip()[:7]) and tokens[i].strip() for i in at):
+            return at
+    raise MalformedCompletion(f"malformed completion: the echoed prompt's tokens do not line up with its "
+                              f"{len(placeholders)} 'unknown' placeholders")

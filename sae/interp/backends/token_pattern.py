@@ -9,7 +9,7 @@ It is the offline baseline every LLM backend is compared with, scored by the sam
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from sae.interp.backends.base import Explanation, Simulation
 from sae.interp.config import ExplainerConfig
