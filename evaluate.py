@@ -3,6 +3,7 @@
     python evaluate.py sae_path=outputs/<model>/<data>/<run>            # stage=metrics (default)
     python evaluate.py sae_path=... stage=interp                        # automated interpretability (sae.interp)
     python evaluate.py sae_path=... stage=all metrics.ce_tokens=32768
+    python evaluate.py sae_path=... stage=dashboard | serve | rubric_report   # feature browser (sae.dashboard)
 
 The metrics stage writes `metrics.json` (reconstruction_score, kl_score, ce_*, l0, explained_variance,
 mse, cosine_similarity, norm_ratio, dead_fraction, ultralow_fraction, decoder cosines of rare features
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sae.config import ConfigError, LoggerConfig, register_configs, to_objects
 from sae.eval_config import EvaluateConfig, register_eval_configs
+from sae.dashboard.config import register_dashboard_configs
 from sae.files import atomic_write_json
 from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
 from sae.io import SAEFileError, find_sae_dir, load_sae
@@ -34,6 +36,7 @@ from sae.run_config import RunConfigs, run_configs
 register_configs()
 register_eval_configs()
 register_interp_configs()
+register_dashboard_configs()
 
 
 @dataclasses.dataclass
@@ -109,7 +112,19 @@ class Stage:
 
 
 # One entry per stage; `all` runs the listed stages in order.
-STAGES: dict[str, Stage] = {"metrics": Stage(metrics_stage), "interp": Stage(interp_stage, check_interp)}
+def dashboard_stage(name: str) -> Stage:
+    """The feature browser (sae.dashboard.stages): dashboard | serve | rubric_report."""
+
+    def run(job: Job) -> dict:
+        from sae.dashboard.stages import run_stage
+
+        return run_stage(name, job)
+
+    return Stage(run)
+
+
+STAGES: dict[str, Stage] = {"metrics": Stage(metrics_stage), "interp": Stage(interp_stage, check_interp),
+                            **{name: dashboard_stage(name) for name in ("dashboard", "serve", "rubric_report")}}
 COMPOSITE = {"all": ("metrics", "interp")}
 
 

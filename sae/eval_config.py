@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from sae.config import _require
 
-STAGES = ("metrics", "interp", "all")
+STAGES = ("metrics", "interp", "all", "dashboard", "serve", "rubric_report")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class MetricsConfig:
 @dataclass
 class EvaluateConfig:
     sae_path: str = MISSING  # the SAE directory (sae.safetensors + cfg.json) or its training run directory
-    stage: str = "metrics"  # metrics | interp | all
+    stage: str = "metrics"  # metrics | interp | all | dashboard | serve | rubric_report
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Overrides of the training run's model / data / activations / logger settings.
     model: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +59,9 @@ class EvaluateConfig:
     # Settings of the interpretability stage (sae.interp); filled by its own config files.
     interp: Optional[Any] = None
     explainer: Optional[Any] = None
-    units: Optional[str] = None  # shorthand for interp.units: features | neurons
+    units: Optional[str] = None  # shorthand for interp.units (and dashboard.units): features | neurons
+    # Settings of the feature browser (sae/dashboard/config.py, conf/dashboard/default.yaml).
+    dashboard: Optional[Any] = None
     seed: int = 0
     device: str = "auto"  # where the SAE runs: auto (cuda when available) | cpu | cuda | cuda:1 ...
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the project in ./.venv (Python 3.11). With --test, also what the test suite needs:
 # pytest, the llama.cpp OpenAI-compatible server (built from source, ~6 min once, then cached by
-# pip) and, as root on Debian/Ubuntu, a single-node Slurm (slurm-wlm, munge, slurmdbd, MariaDB).
+# pip) and, as root on Debian/Ubuntu, a single-node Slurm (slurm-wlm, munge, slurmdbd, MariaDB) and
+# chromium for the feature browser's test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,10 @@ if [ "${1:-}" = "--test" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq slurm-wlm munge slurmdbd mariadb-server >/dev/null
+  fi
+  # The feature browser's test: Debian's headless chromium, driven by Playwright (no browser download).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
 echo "set-up done: activate with 'source .venv/bin/activate'"
