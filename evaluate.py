@@ -30,6 +30,7 @@ from sae.eval_config import EvaluateConfig, register_eval_configs
 from sae.dashboard.config import register_dashboard_configs
 from sae.files import atomic_write_json
 from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
+from sae.formats import FOREIGN, check_matches
 from sae.io import SAEFileError, find_sae_dir, load_sae
 from sae.run_config import RunConfigs, run_configs
 
@@ -129,7 +130,7 @@ COMPOSITE = {"all": ("metrics", "interp")}
 
 
 def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
-    from sae.lm import pick_device
+    from sae.lm import hook_name, pick_device
 
     names = COMPOSITE.get(cfg.stage, (cfg.stage,))
     for name in names:
@@ -138,7 +139,10 @@ def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
     sae_dir = find_sae_dir(cfg.sae_path)
     sae, sae_cfg = load_sae(sae_dir, device=pick_device(cfg.device))
     overrides = {"model": cfg.model, "data": cfg.data, "activations": cfg.activations, "logger": cfg.logger}
-    job = Job(cfg, sae_dir, eval_dir, sae, sae_cfg, run_configs(sae_cfg, overrides))
+    run = run_configs(sae_cfg, overrides)
+    if sae_cfg.get("format") in FOREIGN:  # another library's SAE: it must be run on the model and hook it was trained on
+        check_matches(sae_cfg, run.model.name, hook_name(run.model))
+    job = Job(cfg, sae_dir, eval_dir, sae, sae_cfg, run)
     eval_dir.mkdir(parents=True, exist_ok=True)
     return {name: STAGES[name].run(job) for name in names}
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from sae.eval_config import MetricsConfig
 from sae.files import atomic_write_json, finite_or_none
-from sae.io import WEIGHTS
+from sae.formats import weights_path
 from sae.run_config import RunConfigs
 
 
@@ -50,7 +50,7 @@ class PartStore:
 def weights_digest(sae_dir: Path) -> str:
     """A short hash of the weights: parts of a retrained SAE in the same place are never reused."""
     h = hashlib.sha256()
-    with open(sae_dir / WEIGHTS, "rb") as f:
+    with open(weights_path(sae_dir), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]

@@ -91,13 +91,13 @@ def detect_format(directory: str | Path) -> str | None:
         return SAELENS
     if not (directory / WEIGHTS[NATIVE]).is_file():
         return None
-    cfg = json.loads((directory / CONFIG).read_text())
-    if "n_features" in cfg:
-        return NATIVE
-    if "num_latents" in cfg or "expansion_factor" in cfg:
+    try:
+        cfg = json.loads((directory / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return NATIVE  # this project's reader names the corrupt file
+    if isinstance(cfg, dict) and "n_features" not in cfg and ("num_latents" in cfg or "expansion_factor" in cfg):
         return SPARSIFY
-    raise ConfigError(f"{directory / CONFIG} is neither this project's, SAELens's nor sparsify's SAE config "
-                      f"(keys: {sorted(cfg)}).")
+    return NATIVE  # this project's reader names whatever its cfg.json lacks
 
 
 def weights_path(directory: str | Path) -> Path:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from sae.architectures import ARCHITECTURES, SparseAutoencoder, build_settings
 from sae.config import ConfigError
+from sae.formats import FOREIGN, detect_format, load_foreign
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
@@ -37,9 +38,9 @@ def find_sae_dir(path: str | Path) -> Path:
     """Accept the SAE directory itself or a training run directory that holds one."""
     path = Path(path)
     for candidate in (path, path / "sae"):
-        if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
+        if detect_format(candidate) is not None:
             return candidate
-    raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} in {path} or {path / 'sae'}: "
+    raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} (or a SAELens/sparsify SAE) in {path} or {path / 'sae'}: "
                             "point at a finished training run or its sae/ directory.")
 
 
@@ -58,6 +59,8 @@ def read_sae_config(directory: Path) -> dict:
 def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict]:
     """Load a trained SAE as its own architecture, with its cfg.json (model name, layer, hook, training config)."""
     directory = find_sae_dir(path)
+    if detect_format(directory) in FOREIGN:
+        return load_foreign(directory, device)
     cfg = read_sae_config(directory)
     name = cfg.get("architecture", LEGACY_ARCHITECTURE)
     if name not in ARCHITECTURES:

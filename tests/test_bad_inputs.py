@@ -218,11 +218,11 @@ def test_corrupt_last_checkpoint_names_the_file_and_the_fix(tmp_path, activation
 def saved_sae(tmp_path_factory) -> Path:
     """A real SAE directory as train.py writes it (weights + cfg.json with the TINY training config)."""
     from sae.io import save_sae
-    from sae.model import SparseAutoencoder
+    from sae.architectures import build_sae
 
     resolved = OmegaConf.to_container(_train_cfg(), resolve=True)
     run_dir = tmp_path_factory.mktemp("saved") / "run"
-    sae = SparseAutoencoder(576, 1152)
+    sae = build_sae("relu", 576, 1152)
     provenance = {"model": resolved["model"]["name"], "layer": 2, "hook": "hook_mlp_out",
                   "hook_name": "blocks.2.hook_mlp_out", "train_config": resolved}
     save_sae(sae, run_dir / "sae", provenance)
@@ -237,7 +237,6 @@ def _copy_sae(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fixed on merge")
 def test_evaluate_rejects_missing_sae_path(tmp_path):
     proc = run_script("evaluate.py", [], check=False, timeout=300)
     _assert_clean_failure(proc, "sae_path")
@@ -246,7 +245,6 @@ def test_evaluate_rejects_missing_sae_path(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fixed on merge")
 def test_evaluate_rejects_corrupt_weights(tmp_path, saved_sae):
     run = _copy_sae(saved_sae, tmp_path / "run")
     (run / "sae" / "sae.safetensors").write_bytes(b"not a safetensors file")
@@ -255,7 +253,6 @@ def test_evaluate_rejects_corrupt_weights(tmp_path, saved_sae):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fixed on merge")
 def test_evaluate_rejects_corrupt_cfg_json(tmp_path, saved_sae):
     run = _copy_sae(saved_sae, tmp_path / "run")
     (run / "sae" / "cfg.json").write_text('{"model": "embedded:smollm2"}')
@@ -264,7 +261,6 @@ def test_evaluate_rejects_corrupt_cfg_json(tmp_path, saved_sae):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fixed on merge")
 def test_evaluate_openai_without_key_fails_before_any_work(tmp_path, saved_sae):
     run = _copy_sae(saved_sae, tmp_path / "run")
     env = script_env()
