@@ -26,11 +26,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sae.config import ConfigError, LoggerConfig, register_configs, to_objects
-from sae.eval_config import EvaluateConfig, register_eval_configs
 from sae.dashboard.config import register_dashboard_configs
+from sae.eval_config import EvaluateConfig, register_eval_configs
 from sae.files import atomic_write_json
-from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
 from sae.formats import FOREIGN, check_matches
+from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
 from sae.io import SAEFileError, find_sae_dir, load_sae
 from sae.run_config import RunConfigs, run_configs
 
@@ -102,8 +102,7 @@ def interp_stage(job: Job) -> dict:
     from sae.interp.pipeline import run_interp
 
     interp, explainer = interp_settings(job.cfg)
-    return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae,
-                      sae_cfg=job.sae_cfg)
+    return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae, sae_cfg=job.sae_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +123,11 @@ def dashboard_stage(name: str) -> Stage:
     return Stage(run)
 
 
-STAGES: dict[str, Stage] = {"metrics": Stage(metrics_stage), "interp": Stage(interp_stage, check_interp),
-                            **{name: dashboard_stage(name) for name in ("dashboard", "serve", "rubric_report")}}
+STAGES: dict[str, Stage] = {
+    "metrics": Stage(metrics_stage),
+    "interp": Stage(interp_stage, check_interp),
+    **{name: dashboard_stage(name) for name in ("dashboard", "serve", "rubric_report")},
+}
 COMPOSITE = {"all": ("metrics", "interp")}
 
 
@@ -175,8 +177,25 @@ def quote_sae_path(arg: str) -> str:
 
 def sae_path_problem(args: list[str]) -> str | None:
     """A missing or wrong sae_path, found before Hydra starts (which would bury it in an interpolation error)."""
-    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg", "-cn", "--config-name", "-cp", "--config-path",
-                 "--config-dir", "-cd") or a.startswith(("--cfg", "--info", "--config")) for a in args):
+    if any(
+        a
+        in (
+            "-h",
+            "--help",
+            "--hydra-help",
+            "--info",
+            "-c",
+            "--cfg",
+            "-cn",
+            "--config-name",
+            "-cp",
+            "--config-path",
+            "--config-dir",
+            "-cd",
+        )
+        or a.startswith(("--cfg", "--info", "--config"))
+        for a in args
+    ):
         return None
     values = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("sae_path=")]
     if not values:

@@ -23,20 +23,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.density import FeatureDensityCallback
+from callbacks.progress import StepProgressBar
 from callbacks.reconstruction import ReconstructionScoreCallback
 from callbacks.resampling import NeuronResamplingCallback
-from sae.datamodule import ActivationDataModule
-from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.architectures import SparseAutoencoder, get_architecture
+from sae.config import ConfigError, TrainConfig, register_configs, to_objects
+from sae.datamodule import ActivationDataModule
 from sae.io import WEIGHTS, save_sae
-from sae.module import SAETrainingModule
 from sae.lm import check_context_length, lazy_bridge
+from sae.module import SAETrainingModule
 from sae.resampling import resample_schedule
 from sae.run_identity import check_checkpoint, claim_run_dir, training_identity
-from callbacks.progress import StepProgressBar
 from sae.run_logger import build_logger
 
 register_configs()
+
 
 def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
     """The configured architecture, initialised as it defines, then input scale and b_dec from the data sample."""
@@ -45,7 +46,9 @@ def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
     architecture = get_architecture(s.architecture)
     settings = s.architecture_settings()
     if getattr(settings, "k", None) is not None and settings.k > d_in * s.expansion:
-        raise ConfigError(f"sae.k={settings.k} exceeds the SAE's {d_in * s.expansion} features (d_in {d_in} x sae.expansion={s.expansion}).")
+        raise ConfigError(
+            f"sae.k={settings.k} exceeds the SAE's {d_in * s.expansion} features (d_in {d_in} x sae.expansion={s.expansion})."
+        )
     sae = architecture(d_in, d_in * s.expansion, settings)
     sae.initialise_from_data_(sample, s.scale_inputs, s.b_dec_init)
     return sae
@@ -82,10 +85,21 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: Activat
         schedule = resample_schedule(cfg.sae.resample, cfg.sae.total_steps, cfg.sae.batch_size)
         if schedule.note:
             print(schedule.note)
-        callbacks.append(NeuronResamplingCallback(schedule, datamodule.resampling_inputs, cfg.sae.resample.encoder_scale, cfg.sae.seed))
+        callbacks.append(
+            NeuronResamplingCallback(schedule, datamodule.resampling_inputs, cfg.sae.resample.encoder_scale, cfg.sae.seed)
+        )
     if cfg.trainer.eval_tokens > 0:
-        callbacks.append(ReconstructionScoreCallback(bridge, cfg.model, cfg.data, cfg.trainer.eval_tokens, cfg.trainer.eval_every_n_steps,
-                                                     cfg.trainer.heldout_tokens, cfg.activations.harvest_batch_size))
+        callbacks.append(
+            ReconstructionScoreCallback(
+                bridge,
+                cfg.model,
+                cfg.data,
+                cfg.trainer.eval_tokens,
+                cfg.trainer.eval_every_n_steps,
+                cfg.trainer.heldout_tokens,
+                cfg.activations.harvest_batch_size,
+            )
+        )
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar())
     return callbacks
@@ -136,15 +150,26 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
             if hasattr(callback, "summary"):
                 callback.on_train_end(trainer, module)
 
-    provenance = {"model": cfg.model.name, "layer": cfg.model.layer, "hook": cfg.model.hook,
-                  "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}", "train_config": resolved}
+    provenance = {
+        "model": cfg.model.name,
+        "layer": cfg.model.layer,
+        "hook": cfg.model.hook,
+        "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}",
+        "train_config": resolved,
+    }
     save_sae(module.sae, run_dir / "sae", provenance)
     summary = dict(module.last_metrics)
     for callback in callbacks:
         if hasattr(callback, "summary"):
             summary.update(callback.summary())
-    summary.update({"steps": trainer.global_step, "tokens": trainer.global_step * cfg.sae.batch_size,
-                    "run_name": cfg.run_name, "run_dir": str(run_dir)})
+    summary.update(
+        {
+            "steps": trainer.global_step,
+            "tokens": trainer.global_step * cfg.sae.batch_size,
+            "run_name": cfg.run_name,
+            "run_dir": str(run_dir),
+        }
+    )
     summary_path.write_text(json.dumps(summary, indent=2))
     for lg in trainer.loggers:
         if type(lg).__name__ == "WandbLogger":

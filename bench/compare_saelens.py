@@ -104,9 +104,11 @@ def recipe(batch_size: int, steps: int, expansion: int) -> SAEConfig:
     """`conf/sae/anthropic_2024.yaml` with this benchmark's shape and budget."""
     raw = OmegaConf.load(REPO / "conf" / "sae" / "anthropic_2024.yaml")
     raw.pop("defaults", None)
-    merged = OmegaConf.merge(OmegaConf.structured(SAEConfig), raw,
-                             {"expansion": expansion, "batch_size": batch_size, "tokens": batch_size * steps,
-                              "dtype": "float32"})
+    merged = OmegaConf.merge(
+        OmegaConf.structured(SAEConfig),
+        raw,
+        {"expansion": expansion, "batch_size": batch_size, "tokens": batch_size * steps, "dtype": "float32"},
+    )
     return OmegaConf.to_object(merged)
 
 
@@ -129,9 +131,19 @@ def train_lightning(init: SparseAutoencoder, cfg: SAEConfig, acts: torch.Tensor)
     module = SAETrainingModule(sae, cfg, log_every_n_steps=50)
     clock: dict = {}
     datamodule = ActivationDataModule(lambda start: SameBatches(acts, cfg.batch_size, cfg.total_steps, clock))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.total_steps, max_epochs=-1, precision="32-true",
-                        gradient_clip_val=cfg.grad_clip, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=cfg.total_steps,
+        max_epochs=-1,
+        precision="32-true",
+        gradient_clip_val=cfg.grad_clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     return time.perf_counter() - clock["start"], sae
 
@@ -162,14 +174,32 @@ def train_saelens(init: SparseAutoencoder, cfg: SAEConfig, acts_path: Path, tmp:
     s = float(init.input_scale)
     save_file({k: init.state_dict()[k].contiguous() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, tmp / "init.safetensors")
     steps = cfg.total_steps
-    settings = {"batch_size": cfg.batch_size, "steps": steps, "d_sae": init.n_features, "l1": cfg.l1_coefficient,
-                "l1_warmup_steps": int(cfg.l1_warmup_fraction * steps), "lr": cfg.lr,
-                "lr_decay_steps": steps - int((1 - cfg.lr_decay_fraction) * steps), "betas": list(cfg.betas),
-                "input_scale": s, "threads": torch.get_num_threads()}
+    settings = {
+        "batch_size": cfg.batch_size,
+        "steps": steps,
+        "d_sae": init.n_features,
+        "l1": cfg.l1_coefficient,
+        "l1_warmup_steps": int(cfg.l1_warmup_fraction * steps),
+        "lr": cfg.lr,
+        "lr_decay_steps": steps - int((1 - cfg.lr_decay_fraction) * steps),
+        "betas": list(cfg.betas),
+        "input_scale": s,
+        "threads": torch.get_num_threads(),
+    }
     (tmp / "settings.json").write_text(json.dumps(settings))
-    proc = subprocess.run([str(SAELENS_PYTHON), "-c", SAELENS_TRAINER, str(acts_path), str(tmp / "init.safetensors"),
-                           str(tmp / "settings.json"), str(tmp / "saelens_out.safetensors")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(SAELENS_PYTHON),
+            "-c",
+            SAELENS_TRAINER,
+            str(acts_path),
+            str(tmp / "init.safetensors"),
+            str(tmp / "settings.json"),
+            str(tmp / "saelens_out.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"SAELens trainer failed:\n{proc.stderr[-4000:]}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -188,8 +218,12 @@ def train_saelens(init: SparseAutoencoder, cfg: SAEConfig, acts_path: Path, tmp:
 def quality(sae: SparseAutoencoder, cfg: SAEConfig, x: torch.Tensor) -> dict[str, float]:
     terms = sae.loss(x, cfg.l1_coefficient)
     err = (x - terms.x_hat).pow(2).sum()
-    return {"loss": float(terms.total), "mse": float(err / x.numel()), "l0": float((terms.features > 0).sum(1).float().mean()),
-            "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum())}
+    return {
+        "loss": float(terms.total),
+        "mse": float(err / x.numel()),
+        "l0": float((terms.features > 0).sum(1).float().mean()),
+        "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum()),
+    }
 
 
 def quiet_lightning() -> None:
@@ -219,16 +253,22 @@ def main() -> None:
     data_cfg = DataConfig(source="wiki_offline", alias="wiki", context_length=128)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        act_cfg = ActivationsConfig(cache_dir=str(tmp / "cache"), n_tokens=args.cache_tokens + args.heldout_tokens,
-                                    buffer_tokens=16384, shard_tokens=65536)
+        act_cfg = ActivationsConfig(
+            cache_dir=str(tmp / "cache"),
+            n_tokens=args.cache_tokens + args.heldout_tokens,
+            buffer_tokens=16384,
+            shard_tokens=65536,
+        )
         cache = build_cache(lazy_bridge(model_cfg), model_cfg, data_cfg, act_cfg)
         everything = cache.sample(len(cache), seed=0)
         acts, heldout = everything[: -args.heldout_tokens].contiguous(), everything[-args.heldout_tokens :]
         np.save(tmp / "acts.npy", acts.numpy())
         d = acts.shape[1]
-        print(f"activations: {len(acts):,} training + {len(heldout):,} held-out tokens of blocks.{args.layer}.hook_mlp_out "
-              f"(d {d}); SAE {d} -> {d * args.expansion}; float32; recipe anthropic_2024; {args.steps} steps; "
-              f"{args.repeats} interleaved repeats (best time kept)")
+        print(
+            f"activations: {len(acts):,} training + {len(heldout):,} held-out tokens of blocks.{args.layer}.hook_mlp_out "
+            f"(d {d}); SAE {d} -> {d * args.expansion}; float32; recipe anthropic_2024; {args.steps} steps; "
+            f"{args.repeats} interleaved repeats (best time kept)"
+        )
         for batch_size in args.batch_sizes:
             cfg = recipe(batch_size, args.steps, args.expansion)
             torch.manual_seed(cfg.seed)

@@ -111,10 +111,15 @@ def main() -> None:
     acts = torch.randn(args.tokens, args.d_in)
     budget = args.budget_mb * 2**20
     print(f"machine: {machine()}; pid {os.getpid()}")
-    print(f"{args.architecture} SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, {args.tokens:,} tokens in "
-          f"{args.batch_rows:,}-row batches; budget {args.budget_mb} MB = {rows_per_chunk(n_features, budget)} rows per chunk")
-    print(f"unchunked float64 path (before): ~{args.batch_rows * n_features * 8 * 2 / GB:.1f} GB for one batch's two "
-          f"float64 copies of the feature activations (estimate)")
+    print(
+        f"{args.architecture} SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, "
+        f"{args.tokens:,} tokens in "
+        f"{args.batch_rows:,}-row batches; budget {args.budget_mb} MB = {rows_per_chunk(n_features, budget)} rows per chunk"
+    )
+    print(
+        f"unchunked float64 path (before): ~{args.batch_rows * n_features * 8 * 2 / GB:.1f} GB for one batch's two "
+        f"float64 copies of the feature activations (estimate)"
+    )
 
     runs = [("budget", budget)] + ([("no budget", 2**62)] if args.compare else [])
     extras = {}
@@ -122,8 +127,10 @@ def main() -> None:
         extra, gpu, seconds, result = measure(sae, acts, args.batch_rows, b, device)
         extras[name] = extra
         gpu_text = f", peak extra GPU memory {gpu / GB:.2f} GB" if device == "cuda" else ""
-        print(f"{name:>9}: peak extra RSS {extra / GB:.2f} GB{gpu_text}, {seconds:.1f} s, L0 {result['l0']:.1f}, "
-              f"explained variance {result['explained_variance']:.4f}")
+        print(
+            f"{name:>9}: peak extra RSS {extra / GB:.2f} GB{gpu_text}, {seconds:.1f} s, L0 {result['l0']:.1f}, "
+            f"explained variance {result['explained_variance']:.4f}"
+        )
     if args.compare:
         print(f"ratio no budget / budget (peak extra RSS): {extras['no budget'] / max(extras['budget'], 1):.1f}x")
     ok = extras["budget"] < args.limit_gb * GB

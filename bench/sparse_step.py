@@ -82,8 +82,10 @@ def measure(d_in: int, n_features: int, l0: int, batch: int, steps: int, repeats
                 sparse[label].append(took_sparse)
                 l0s[label].append(measured_l0)
             times[label].append(time.perf_counter() - start)
-    return {label: (steps * batch / statistics.median(times[label]), statistics.mean(l0s[label]), statistics.mean(sparse[label]))
-            for label, _, _ in VARIANTS}
+    return {
+        label: (steps * batch / statistics.median(times[label]), statistics.mean(l0s[label]), statistics.mean(sparse[label]))
+        for label, _, _ in VARIANTS
+    }
 
 
 def main() -> None:
@@ -100,19 +102,28 @@ def main() -> None:
         ap.error(f"--l0 {bad}: each L0 must lie between 1 and --n-features - 1 ({args.n_features - 1}).")
 
     print(f"machine: {machine()}")
-    print(f"SAE {args.d_in} -> {args.n_features}, float32, {args.steps} steps x {args.repeats} repeats (median); "
-          f"auto takes the sparse path at density <= {MAX_SPARSE_DENSITY}")
+    print(
+        f"SAE {args.d_in} -> {args.n_features}, float32, {args.steps} steps x {args.repeats} repeats (median); "
+        f"auto takes the sparse path at density <= {MAX_SPARSE_DENSITY}"
+    )
     labels = [label for label, _, _ in VARIANTS]
-    print(f"{'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
-          + " ".join(f"{label + ' tok/s':>17}" for label in labels)
-          + " " + " ".join(f"{label + '/dense':>17}" for label in labels[1:]))
+    print(
+        f"{'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
+        + " ".join(f"{label + ' tok/s':>17}" for label in labels)
+        + " "
+        + " ".join(f"{label + '/dense':>17}" for label in labels[1:])
+    )
     for batch in args.batch_size:
         for l0 in args.l0:
             r = measure(args.d_in, args.n_features, l0, batch, args.steps, args.repeats)
             dense, measured_l0 = r["dense"][0], r["dense"][1]
-            print(f"{batch:>6} {l0:>7} {measured_l0:>7.1f} {measured_l0 / args.n_features:>8.2%} {r['auto'][2]:>12.0%} "
-                  + " ".join(f"{r[label][0]:>17.0f}" for label in labels)
-                  + " " + " ".join(f"{r[label][0] / dense:>16.2f}x" for label in labels[1:]), flush=True)
+            print(
+                f"{batch:>6} {l0:>7} {measured_l0:>7.1f} {measured_l0 / args.n_features:>8.2%} {r['auto'][2]:>12.0%} "
+                + " ".join(f"{r[label][0]:>17.0f}" for label in labels)
+                + " "
+                + " ".join(f"{r[label][0] / dense:>16.2f}x" for label in labels[1:]),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

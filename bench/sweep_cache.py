@@ -25,8 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_sweep(workdir: Path, cache_dir: str, launcher: str, extra: list[str]) -> float:
     """Seconds for `train.py --multirun +sweep=smoke` into workdir/sweep; raises if the sweep fails."""
-    args = [sys.executable, str(REPO / "train.py"), "--multirun", "+sweep=smoke", f"hydra/launcher={launcher}",
-            f"hydra.sweep.dir={workdir / 'sweep'}", f"activations.cache_dir={cache_dir}", "logger=csv", *extra]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--multirun",
+        "+sweep=smoke",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={workdir / 'sweep'}",
+        f"activations.cache_dir={cache_dir}",
+        "logger=csv",
+        *extra,
+    ]
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
@@ -54,8 +63,14 @@ def main() -> None:
         if args.keep:
             shutil.copytree(tmp / "shared" / "sweep", args.keep, dirs_exist_ok=True)
     print(f"smoke sweep (4 runs, launcher={args.launcher}, {os.cpu_count()} CPUs)")
-    print(f"  shared cache  : {shared:7.1f} s  ({len(h_shared)} harvest,  {sum(h['harvest_seconds'] for h in h_shared):.1f} s harvesting)")
-    print(f"  cache per run : {per_run:7.1f} s  ({len(h_per_run)} harvests, {sum(h['harvest_seconds'] for h in h_per_run):.1f} s harvesting)")
+    print(
+        f"  shared cache  : {shared:7.1f} s  ({len(h_shared)} harvest,  "
+        f"{sum(h['harvest_seconds'] for h in h_shared):.1f} s harvesting)"
+    )
+    print(
+        f"  cache per run : {per_run:7.1f} s  ({len(h_per_run)} harvests, "
+        f"{sum(h['harvest_seconds'] for h in h_per_run):.1f} s harvesting)"
+    )
     print(f"  ratio per-run / shared = {per_run / shared:.2f}x")
 
 

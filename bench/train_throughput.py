@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae.activations import build_cache, harvest  # noqa: E402
+from sae.activations import build_cache  # noqa: E402
+from sae.architectures import ReLUSAE as SparseAutoencoder  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
 from sae.datamodule import CachedBatches  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
-from sae.architectures import ReLUSAE as SparseAutoencoder  # noqa: E402
 from sae.module import SAETrainingModule  # noqa: E402
 
 
@@ -53,9 +53,17 @@ class _Timer(L.Callback):
 def lightning_loop(sae: SparseAutoencoder, cache, cfg: SAEConfig, steps: int) -> float:
     module = SAETrainingModule(sae, cfg, log_every_n_steps=50)
     timer = _Timer()
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                        precision="bf16-mixed" if cfg.dtype == "bf16" else "32-true", num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        precision="bf16-mixed" if cfg.dtype == "bf16" else "32-true",
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=CachedBatches(cache, cfg.batch_size, steps, 0))
     return timer.seconds
 
@@ -64,8 +72,12 @@ def harvest_rate(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, contexts:
     from sae.lm import bos_token_id, hook_name
     from sae.text import batched, iter_contexts, iter_texts
 
-    tokens = next(batched(iter_contexts(iter_texts(data_cfg, "train"), bridge.tokenizer, data_cfg.context_length,
-                                        bos_token_id(bridge)), contexts))
+    tokens = next(
+        batched(
+            iter_contexts(iter_texts(data_cfg, "train"), bridge.tokenizer, data_cfg.context_length, bos_token_id(bridge)),
+            contexts,
+        )
+    )
     with torch.inference_mode():
         bridge.run_with_cache(tokens[:2], names_filter=hook_name(model_cfg), stop_at_layer=model_cfg.layer + 1)
         start = time.perf_counter()
@@ -90,7 +102,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         acts = ActivationsConfig(cache_dir=tmp, n_tokens=args.cache_tokens, buffer_tokens=16384, shard_tokens=32768)
         cache = build_cache(bridge, model_cfg, data_cfg, acts)
-        cfg = SAEConfig(expansion=args.expansion, batch_size=args.batch_size, tokens=args.batch_size * args.steps, dtype=args.dtype)
+        cfg = SAEConfig(
+            expansion=args.expansion, batch_size=args.batch_size, tokens=args.batch_size * args.steps, dtype=args.dtype
+        )
         d = cache.d
         tokens = args.steps * args.batch_size
         bare_s, light_s = [], []
@@ -102,8 +116,10 @@ def main() -> None:
             torch.manual_seed(0)
             light_s.append(lightning_loop(SparseAutoencoder(d, d * args.expansion), cache, cfg, args.steps))
         bare_rate, light_rate = tokens / min(bare_s), tokens / min(light_s)
-        print(f"SAE {d}x{d * args.expansion} ({args.expansion}x), batch {args.batch_size}, {args.steps} steps, {args.dtype}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"SAE {d}x{d * args.expansion} ({args.expansion}x), batch {args.batch_size}, {args.steps} steps, {args.dtype}, "
+            f"{torch.get_num_threads()} threads"
+        )
         print(f"bare torch loop   : {bare_rate:10,.0f} tokens/s")
         print(f"Lightning path    : {light_rate:10,.0f} tokens/s")
         print(f"ratio {light_rate / bare_rate:.3f}")

@@ -59,7 +59,8 @@ class FeatureDensityCallback(L.Callback):
         self.last_summary = summary
         step = trainer.global_step
         path = plot_density_histogram(
-            log_density.numpy(), self.plot_dir / ("density.png" if final else f"density_step{step:07d}.png"),
+            log_density.numpy(),
+            self.plot_dir / ("density.png" if final else f"density_step{step:07d}.png"),
             title=f"feature density over {tokens:,} tokens (step {step})",
         )
         metrics = {f"density/{k}": v for k, v in summary.items()}
@@ -67,6 +68,9 @@ class FeatureDensityCallback(L.Callback):
             if type(logger).__name__ == "WandbLogger":
                 import wandb
 
-                metrics = {**metrics, "density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
-                           "density/histogram_png": wandb.Image(str(path))}
+                metrics = {
+                    **metrics,
+                    "density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
+                    "density/histogram_png": wandb.Image(str(path)),
+                }
             logger.log_metrics(metrics, step=step)

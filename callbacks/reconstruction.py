@@ -11,7 +11,7 @@ The model loads lazily on first use, so runs that never evaluate never load it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -24,8 +24,16 @@ HELDOUT_STATS = ("l0", "explained_variance", "mse", "cosine_similarity", "norm_r
 
 
 class ReconstructionScoreCallback(L.Callback):
-    def __init__(self, bridge: Callable[[], object], model_cfg: ModelConfig, data_cfg: DataConfig, n_tokens: int, every_n_steps: int,
-                 heldout_stats_tokens: int = 0, harvest_batch_size: int = 32):
+    def __init__(
+        self,
+        bridge: Callable[[], object],
+        model_cfg: ModelConfig,
+        data_cfg: DataConfig,
+        n_tokens: int,
+        every_n_steps: int,
+        heldout_stats_tokens: int = 0,
+        harvest_batch_size: int = 32,
+    ):
         self.bridge = bridge
         self.model_cfg, self.data_cfg = model_cfg, data_cfg
         self.n_tokens, self.every_n_steps = n_tokens, every_n_steps

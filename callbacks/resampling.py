@@ -6,7 +6,7 @@ checkpoints it, so a resumed run resamples exactly as an uninterrupted one would
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
@@ -21,8 +21,13 @@ class NeuronResamplingCallback(L.Callback):
     the first `n_inputs` of them are scored.
     """
 
-    def __init__(self, schedule: ResampleSchedule, input_batches: Callable[[int], Iterable[torch.Tensor]],
-                 encoder_scale: float = 0.2, seed: int = 0):
+    def __init__(
+        self,
+        schedule: ResampleSchedule,
+        input_batches: Callable[[int], Iterable[torch.Tensor]],
+        encoder_scale: float = 0.2,
+        seed: int = 0,
+    ):
         self.schedule = schedule
         self.input_batches = input_batches
         self.encoder_scale = encoder_scale
@@ -44,16 +49,23 @@ class NeuronResamplingCallback(L.Callback):
         if len(dead):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             inputs = sample_by_loss_squared(
-                pl_module.sae, self.input_batches(step), len(dead), self.schedule.n_inputs,
-                pl_module.l1_coefficient(), generator,
+                pl_module.sae,
+                self.input_batches(step),
+                len(dead),
+                self.schedule.n_inputs,
+                pl_module.l1_coefficient(),
+                generator,
             )
             resample_features_(pl_module.sae, trainer.optimizers[0], dead, inputs, self.encoder_scale)
             self.steps_since_fired[dead] = 0  # give them a full window before they can be called dead again
         n = len(dead)
         window = self.schedule.window_tokens
         self.history.append({"step": step, "resampled": n, "window_tokens": window})
-        metrics = {"resample/n_resampled": n, "resample/fraction_resampled": n / len(self.steps_since_fired),
-                   "resample/dead_window_tokens": window}
+        metrics = {
+            "resample/n_resampled": n,
+            "resample/fraction_resampled": n / len(self.steps_since_fired),
+            "resample/dead_window_tokens": window,
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         print(f"step {step}: resampled {n} dead features (no fire in the last {window:,} tokens)")
@@ -68,5 +80,8 @@ class NeuronResamplingCallback(L.Callback):
         self.history = [dict(h) for h in state_dict["history"]]
 
     def summary(self) -> dict[str, int]:
-        return {"resample/total_resampled": sum(h["resampled"] for h in self.history),
-                "resample/events": len(self.history), "resample/dead_window_tokens": self.schedule.window_tokens}
+        return {
+            "resample/total_resampled": sum(h["resampled"] for h in self.history),
+            "resample/events": len(self.history),
+            "resample/dead_window_tokens": self.schedule.window_tokens,
+        }

@@ -14,9 +14,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ from sae.lm import bos_token_id, hook_name
 from sae.text import batched, iter_contexts, iter_texts
 
 
-def harvest(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: int, split: str = "train",
-            skip_contexts: int = 0) -> Iterator[torch.Tensor]:
+def harvest(
+    bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: int, split: str = "train", skip_contexts: int = 0
+) -> Iterator[torch.Tensor]:
     """Yield [n_tokens, d] activations per model batch of `batch_size` contexts, BOS positions dropped.
 
     The forward stops at the hook's layer. `skip_contexts` starts later in the split: the skipped
@@ -187,17 +188,27 @@ def _write_shards(bridge, model_cfg, data_cfg, act_cfg, out: Path, seed: int) ->
         while sum(len(p) for p in pending) >= act_cfg.shard_tokens:
             rows = torch.cat(pending)
             flush(rows[: act_cfg.shard_tokens])
-            pending = [rows[act_cfg.shard_tokens:]]
+            pending = [rows[act_cfg.shard_tokens :]]
         if written >= act_cfg.n_tokens:
             break
     bar.close()
     if pending and sum(len(p) for p in pending):
         flush(torch.cat(pending))
     if written < act_cfg.n_tokens:
-        print(f"note: the training split holds only {written} tokens; caching all of them (activations.n_tokens={act_cfg.n_tokens}).")
+        print(
+            f"note: the training split holds only {written} tokens; caching all of them "
+            f"(activations.n_tokens={act_cfg.n_tokens})."
+        )
     if written == 0:
         raise ValueError("the data source produced no tokens; check data.* (files, split, text_column).")
     seconds = time.perf_counter() - start
-    meta = {"d": d, "n_tokens": written, "shards": shards, "hook": hook_name(model_cfg), "model": model_cfg.name,
-            "harvest_seconds": seconds, "harvest_tokens_per_second": written / seconds}
+    meta = {
+        "d": d,
+        "n_tokens": written,
+        "shards": shards,
+        "hook": hook_name(model_cfg),
+        "model": model_cfg.name,
+        "harvest_seconds": seconds,
+        "harvest_tokens_per_second": written / seconds,
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

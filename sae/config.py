@@ -67,7 +67,9 @@ class DataConfig:
         if self.source == "local":
             _require(bool(self.files), "data.files is empty: give the text or jsonl files, e.g. data.files=[corpus.txt].")
             _require(self.format in ("text", "json"), f"data.format={self.format!r}: use text or json.")
-            _require(self.sample_by in ("paragraph", "document"), f"data.sample_by={self.sample_by!r}: use paragraph or document.")
+            _require(
+                self.sample_by in ("paragraph", "document"), f"data.sample_by={self.sample_by!r}: use paragraph or document."
+            )
 
 
 @dataclass
@@ -86,7 +88,10 @@ class ActivationsConfig:
         _require(self.n_tokens > 0, f"activations.n_tokens={self.n_tokens} must be > 0.")
         _require(self.shard_tokens > 0, f"activations.shard_tokens={self.shard_tokens} must be > 0 (tokens per cache file).")
         _require(self.buffer_tokens > 0, f"activations.buffer_tokens={self.buffer_tokens} must be > 0.")
-        _require(self.harvest_batch_size > 0, f"activations.harvest_batch_size={self.harvest_batch_size} must be > 0 (contexts per forward).")
+        _require(
+            self.harvest_batch_size > 0,
+            f"activations.harvest_batch_size={self.harvest_batch_size} must be > 0 (contexts per forward).",
+        )
         _require(self.dtype in ("float16", "float32"), f"activations.dtype={self.dtype!r}: use float16 or float32.")
 
 
@@ -109,16 +114,26 @@ class ResampleConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), f"sae.resample.enabled={self.enabled!r} must be true or false.")
-        _require(all(isinstance(t, int) and t > 0 for t in self.at_tokens),
-                 f"sae.resample.at_tokens={self.at_tokens} must be positive token counts.")
-        _require(isinstance(self.dead_window_tokens, int) and self.dead_window_tokens > 0,
-                 f"sae.resample.dead_window_tokens={self.dead_window_tokens} must be > 0 tokens.")
+        _require(
+            all(isinstance(t, int) and t > 0 for t in self.at_tokens),
+            f"sae.resample.at_tokens={self.at_tokens} must be positive token counts.",
+        )
+        _require(
+            isinstance(self.dead_window_tokens, int) and self.dead_window_tokens > 0,
+            f"sae.resample.dead_window_tokens={self.dead_window_tokens} must be > 0 tokens.",
+        )
         _require(isinstance(self.scale_to_run, bool), f"sae.resample.scale_to_run={self.scale_to_run!r} must be true or false.")
-        _require(isinstance(self.reference_tokens, int) and self.reference_tokens > 0,
-                 f"sae.resample.reference_tokens={self.reference_tokens} must be > 0 tokens.")
-        _require(0 < self.healthy_density < 1, f"sae.resample.healthy_density={self.healthy_density} must be in (0, 1), e.g. 1e-5.")
-        _require(0 < self.false_dead_probability < 1,
-                 f"sae.resample.false_dead_probability={self.false_dead_probability} must be in (0, 1), e.g. 0.05.")
+        _require(
+            isinstance(self.reference_tokens, int) and self.reference_tokens > 0,
+            f"sae.resample.reference_tokens={self.reference_tokens} must be > 0 tokens.",
+        )
+        _require(
+            0 < self.healthy_density < 1, f"sae.resample.healthy_density={self.healthy_density} must be in (0, 1), e.g. 1e-5."
+        )
+        _require(
+            0 < self.false_dead_probability < 1,
+            f"sae.resample.false_dead_probability={self.false_dead_probability} must be in (0, 1), e.g. 0.05.",
+        )
         _require(isinstance(self.n_inputs, int) and self.n_inputs > 0, f"sae.resample.n_inputs={self.n_inputs} must be > 0.")
         _require(self.encoder_scale > 0, f"sae.resample.encoder_scale={self.encoder_scale} must be > 0 (the paper: 0.2).")
 
@@ -155,19 +170,34 @@ class SAEConfig:
     def __post_init__(self) -> None:
         from sae.architectures import ARCHITECTURES
 
-        _require(self.architecture in ARCHITECTURES,
-                 f"sae.architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.")
+        _require(
+            self.architecture in ARCHITECTURES,
+            f"sae.architecture={self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}.",
+        )
         arch = ARCHITECTURES[self.architecture]
-        _require(1 <= self.expansion <= 1024, f"sae.expansion={self.expansion} must be between 1 and 1024 (the paper used 1x-256x).")
+        _require(
+            1 <= self.expansion <= 1024, f"sae.expansion={self.expansion} must be between 1 and 1024 (the paper used 1x-256x)."
+        )
         _require(self.l1_coefficient >= 0, f"sae.l1_coefficient={self.l1_coefficient} must be >= 0.")
         if arch.sparsity_knob == "k":
-            _require(self.k is not None and self.k >= 1, f"sae.k={self.k}: {self.architecture} needs the number of active latents, e.g. sae.k=32.")
-            _require(self.l1_coefficient == 0, f"sae.l1_coefficient={self.l1_coefficient} has no effect on {self.architecture} "
-                     "(its sparsity is sae.k): set sae.l1_coefficient=0.")
+            _require(
+                self.k is not None and self.k >= 1,
+                f"sae.k={self.k}: {self.architecture} needs the number of active latents, e.g. sae.k=32.",
+            )
+            _require(
+                self.l1_coefficient == 0,
+                f"sae.l1_coefficient={self.l1_coefficient} has no effect on {self.architecture} "
+                "(its sparsity is sae.k): set sae.l1_coefficient=0.",
+            )
         else:
-            _require(self.k is None, f"sae.k={self.k} has no effect on {self.architecture} (its sparsity is sae.l1_coefficient): set sae.k=null.")
+            _require(
+                self.k is None,
+                f"sae.k={self.k} has no effect on {self.architecture} (its sparsity is sae.l1_coefficient): set sae.k=null.",
+            )
         _require(self.lr > 0, f"sae.lr={self.lr} must be > 0.")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"sae.betas={self.betas} must be two numbers in [0, 1).")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"sae.betas={self.betas} must be two numbers in [0, 1)."
+        )
         _require(self.batch_size > 0, f"sae.batch_size={self.batch_size} must be > 0.")
         _require(
             self.tokens >= self.batch_size,
@@ -175,19 +205,27 @@ class SAEConfig:
             "raise sae.tokens or lower sae.batch_size.",
         )
         _require(self.dtype in ("float32", "bf16"), f"sae.dtype={self.dtype!r}: use float32 or bf16.")
-        _require(self.sparse_kernel in ("auto", "dense", "sparse"),
-                 f"sae.sparse_kernel={self.sparse_kernel!r}: use auto, dense or sparse.")
-        _require(self.sparse_kernel != "sparse" or self.dtype == "float32",
-                 f"sae.sparse_kernel=sparse needs sae.dtype=float32 (not {self.dtype!r}): use sae.sparse_kernel=auto.")
+        _require(
+            self.sparse_kernel in ("auto", "dense", "sparse"),
+            f"sae.sparse_kernel={self.sparse_kernel!r}: use auto, dense or sparse.",
+        )
+        _require(
+            self.sparse_kernel != "sparse" or self.dtype == "float32",
+            f"sae.sparse_kernel=sparse needs sae.dtype=float32 (not {self.dtype!r}): use sae.sparse_kernel=auto.",
+        )
         b_dec_inits = ("geometric_median", "mean", "zeros")
         _require(self.b_dec_init in b_dec_inits, f"sae.b_dec_init={self.b_dec_init!r}: use one of {', '.join(b_dec_inits)}.")
         _require(0 <= self.l1_warmup_fraction < 1, f"sae.l1_warmup_fraction={self.l1_warmup_fraction} must be in [0, 1).")
         _require(0 <= self.lr_decay_fraction <= 1, f"sae.lr_decay_fraction={self.lr_decay_fraction} must be in [0, 1].")
-        _require(not self.resample.enabled or arch.supports_resampling,
-                 f"sae.resample.enabled=true: {self.architecture} does not use dead-neuron resampling "
-                 f"(its remedy for dead latents: {arch.dead_latent_remedy}); set sae.resample.enabled=false.")
+        _require(
+            not self.resample.enabled or arch.supports_resampling,
+            f"sae.resample.enabled=true: {self.architecture} does not use dead-neuron resampling "
+            f"(its remedy for dead latents: {arch.dead_latent_remedy}); set sae.resample.enabled=false.",
+        )
         self.architecture_settings()  # bad keys or values fail here, naming the field
-        _require(self.grad_clip is None or self.grad_clip > 0, f"sae.grad_clip={self.grad_clip} must be > 0 (or null: no clipping).")
+        _require(
+            self.grad_clip is None or self.grad_clip > 0, f"sae.grad_clip={self.grad_clip} must be > 0 (or null: no clipping)."
+        )
         _require(0 <= self.seed < 2**32, f"sae.seed={self.seed} must be in [0, 2**32).")
 
     def architecture_settings(self) -> Any:
@@ -229,8 +267,14 @@ class TrainerConfig:
         for name in ("log_every_n_steps", "density_window_steps", "checkpoint_every_n_steps"):
             _require(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)} must be >= 1.")
         _require(self.threads >= 0, f"trainer.threads={self.threads} must be >= 0 (0 = torch's default).")
-        _require(self.heldout_tokens >= 0, f"trainer.heldout_tokens={self.heldout_tokens} must be >= 0 (0 = no held-out L0 / explained variance).")
-        _require(self.eval_every_n_steps >= 0, f"trainer.eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0 = only at the end).")
+        _require(
+            self.heldout_tokens >= 0,
+            f"trainer.heldout_tokens={self.heldout_tokens} must be >= 0 (0 = no held-out L0 / explained variance).",
+        )
+        _require(
+            self.eval_every_n_steps >= 0,
+            f"trainer.eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0 = only at the end).",
+        )
         _require(self.eval_tokens >= 0, f"trainer.eval_tokens={self.eval_tokens} must be >= 0 (0 = no reconstruction score).")
 
 
@@ -246,7 +290,10 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         _require(self.kind in ("wandb", "csv"), f"logger.kind={self.kind!r}: use wandb or csv.")
-        _require(self.mode in ("auto", "online", "offline", "disabled"), f"logger.mode={self.mode!r}: use auto, online, offline or disabled.")
+        _require(
+            self.mode in ("auto", "online", "offline", "disabled"),
+            f"logger.mode={self.mode!r}: use auto, online, offline or disabled.",
+        )
 
 
 @dataclass

@@ -9,7 +9,7 @@ contexts read), the buffer's rows and generator state, and the rows not yet batc
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -25,7 +25,10 @@ class CachedBatches:
 
     def __init__(self, cache: ActivationCache, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
         if batch_size > len(cache):
-            raise ValueError(f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): lower it or raise activations.n_tokens.")
+            raise ValueError(
+                f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): "
+                "lower it or raise activations.n_tokens."
+            )
         self.cache, self.batch_size, self.total_steps, self.seed = cache, batch_size, total_steps, seed
         self.start_step = start_step
         self.steps_per_pass = len(cache) // batch_size
@@ -55,8 +58,16 @@ class StreamedBatches:
 
     KEEP_SNAPSHOTS = 8
 
-    def __init__(self, chunks_from: Callable[[int], Iterator[torch.Tensor]], contexts_per_chunk: int, batch_size: int,
-                 total_steps: int, buffer_tokens: int, seed: int, state: dict | None = None):
+    def __init__(
+        self,
+        chunks_from: Callable[[int], Iterator[torch.Tensor]],
+        contexts_per_chunk: int,
+        batch_size: int,
+        total_steps: int,
+        buffer_tokens: int,
+        seed: int,
+        state: dict | None = None,
+    ):
         self.chunks_from, self.contexts_per_chunk = chunks_from, contexts_per_chunk
         self.batch_size, self.total_steps, self.buffer_tokens, self.seed = batch_size, total_steps, buffer_tokens, seed
         self.start = state or {"step": 0, "pass": 0, "contexts": 0, "rest": torch.empty(0), "buffer": None}
@@ -96,7 +107,13 @@ class StreamedBatches:
             self._note(step, pass_index, contexts, rest, buffer)
 
     def _note(self, step: int, pass_index: int, contexts: int, rest: torch.Tensor, buffer: ShuffleBuffer) -> None:
-        self.snapshots[step] = {"step": step, "pass": pass_index, "contexts": contexts, "rest": rest, "buffer": buffer.state_dict()}
+        self.snapshots[step] = {
+            "step": step,
+            "pass": pass_index,
+            "contexts": contexts,
+            "rest": rest,
+            "buffer": buffer.state_dict(),
+        }
         for old in [s for s in self.snapshots if s <= step - self.KEEP_SNAPSHOTS]:
             del self.snapshots[old]
 
@@ -170,8 +187,15 @@ class ActivationDataModule(L.LightningDataModule):
             self._batches = CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
         else:
             state = self._resume.get("stream") if self._resume else None
-            self._batches = StreamedBatches(self._chunks_from, self.act_cfg.harvest_batch_size, self.batch_size,
-                                            self.total_steps, self.act_cfg.buffer_tokens, self.seed, state)
+            self._batches = StreamedBatches(
+                self._chunks_from,
+                self.act_cfg.harvest_batch_size,
+                self.batch_size,
+                self.total_steps,
+                self.act_cfg.buffer_tokens,
+                self.seed,
+                state,
+            )
         return self._batches
 
     def state_dict(self) -> dict:

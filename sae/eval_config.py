@@ -43,7 +43,9 @@ class MetricsConfig:
         _require(self.ce_batch_size >= 1, f"metrics.ce_batch_size={self.ce_batch_size} must be >= 1.")
         _require(self.harvest_batch_size >= 1, f"metrics.harvest_batch_size={self.harvest_batch_size} must be >= 1.")
         _require(self.memory_budget_mb >= 1, f"metrics.memory_budget_mb={self.memory_budget_mb} must be >= 1.")
-        _require(self.similarity_plot_features >= 2, f"metrics.similarity_plot_features={self.similarity_plot_features} must be >= 2.")
+        _require(
+            self.similarity_plot_features >= 2, f"metrics.similarity_plot_features={self.similarity_plot_features} must be >= 2."
+        )
 
 
 @dataclass
@@ -67,7 +69,10 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _require(self.stage in STAGES, f"stage={self.stage!r}: choose one of {STAGES}.")
-        _require(self.sae_path not in ("", "???"), "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")
+        _require(
+            self.sae_path not in ("", "???"),
+            "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.",
+        )
         _require(0 <= self.seed < 2**32, f"seed={self.seed} must be in [0, 2**32).")
 
 

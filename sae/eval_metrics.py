@@ -56,8 +56,9 @@ def weights_digest(sae_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def compute_metrics(sae, sae_dir: Path, eval_dir: Path, run: RunConfigs, m: MetricsConfig, seed: int,
-                    log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Path]]:
+def compute_metrics(
+    sae, sae_dir: Path, eval_dir: Path, run: RunConfigs, m: MetricsConfig, seed: int, log: Callable[[str], None] = print
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """metrics.json's content and the plots written beside it."""
     from sae.activations import build_cache, harvest
     from sae.evaluation import (
@@ -74,8 +75,9 @@ def compute_metrics(sae, sae_dir: Path, eval_dir: Path, run: RunConfigs, m: Metr
 
     model_cfg, data_cfg, act_cfg = run.model, run.data, run.activations
     bridge = lazy_bridge(model_cfg)
-    store = PartStore(eval_dir / "parts", {"sae_weights": weights_digest(sae_dir), "hook": hook_name(model_cfg),
-                                           "model": model_cfg.name}, log)
+    store = PartStore(
+        eval_dir / "parts", {"sae_weights": weights_digest(sae_dir), "hook": hook_name(model_cfg), "model": model_cfg.name}, log
+    )
     data_id = {"data": OmegaConf.to_container(OmegaConf.structured(data_cfg))}
     budget = m.memory_budget_mb * 2**20
 
@@ -98,25 +100,44 @@ def compute_metrics(sae, sae_dir: Path, eval_dir: Path, run: RunConfigs, m: Metr
         tokens = heldout_tokens(model, data_cfg, m.ce_tokens, bos)
         return spliced_loss(model, hook_name(model_cfg), tokens, sae_reconstruction(sae), bos, m.ce_batch_size).as_dict()
 
-    metrics: dict[str, Any] = {"sae_path": str(sae_dir), "model": model_cfg.name, "hook": hook_name(model_cfg),
-                               "d_in": sae.d_in, "n_features": sae.n_features, "expansion": sae.n_features / sae.d_in}
+    metrics: dict[str, Any] = {
+        "sae_path": str(sae_dir),
+        "model": model_cfg.name,
+        "hook": hook_name(model_cfg),
+        "d_in": sae.d_in,
+        "n_features": sae.n_features,
+        "expansion": sae.n_features / sae.d_in,
+    }
     plots: dict[str, Path] = {}
     if m.density_tokens:
-        density = store.get_or_compute("density", {"density_tokens": m.density_tokens, "seed": seed,
-                                                   "activations": act_cfg.n_tokens, **data_id}, density_part)
+        density = store.get_or_compute(
+            "density",
+            {"density_tokens": m.density_tokens, "seed": seed, "activations": act_cfg.n_tokens, **data_id},
+            density_part,
+        )
         counts, n_tok = torch.tensor(density["fire_counts"]), density["tokens"]
         metrics.update(density_summary(counts, n_tok))
         plots["density_histogram"] = plot_density_histogram(
-            log10_density(counts, n_tok).numpy(), eval_dir / "density_histogram.png",
-            title=f"{sae.n_features} features ({sae.n_features // sae.d_in}x), density over {n_tok:,} training tokens")
+            log10_density(counts, n_tok).numpy(),
+            eval_dir / "density_histogram.png",
+            title=f"{sae.n_features} features ({sae.n_features // sae.d_in}x), density over {n_tok:,} training tokens",
+        )
         rare = (counts.double() / max(n_tok, 1) < ULTRALOW_DENSITY).to(sae.W_dec.device)
         groups = {"ultralow (<1e-6)": sae.W_dec[rare].detach(), "rest": sae.W_dec[~rare].detach()}
         means = {k: mean_pairwise_cosine(v) for k, v in groups.items()}
-        metrics.update({"decoder_cosine_ultralow": means["ultralow (<1e-6)"], "decoder_cosine_rest": means["rest"],
-                        "n_ultralow": int(rare.sum())})
+        metrics.update(
+            {
+                "decoder_cosine_ultralow": means["ultralow (<1e-6)"],
+                "decoder_cosine_rest": means["rest"],
+                "n_ultralow": int(rare.sum()),
+            }
+        )
         plots["decoder_similarity"] = plot_decoder_similarity(
-            {k: pairwise_cosines(v, m.similarity_plot_features, seed).cpu().numpy() for k, v in groups.items()}, means,
-            eval_dir / "decoder_similarity.png", title="rare features are more similar? pairwise decoder cosines")
+            {k: pairwise_cosines(v, m.similarity_plot_features, seed).cpu().numpy() for k, v in groups.items()},
+            means,
+            eval_dir / "decoder_similarity.png",
+            title="rare features are more similar? pairwise decoder cosines",
+        )
     if m.heldout_tokens:
         heldout = store.get_or_compute("heldout", {"heldout_tokens": m.heldout_tokens, **data_id}, heldout_part)
         metrics.update({k: v for k, v in heldout.items() if k not in ("tokens", "dead_fraction")})

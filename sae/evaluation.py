@@ -73,7 +73,9 @@ def sae_reconstruction(sae: SparseAutoencoder) -> Reconstruct:
 
 
 @torch.no_grad()
-def spliced_loss(bridge, hook_name: str, tokens: torch.Tensor, reconstruct: Reconstruct, bos_id: int, batch_size: int = 8) -> SplicedLoss:
+def spliced_loss(
+    bridge, hook_name: str, tokens: torch.Tensor, reconstruct: Reconstruct, bos_id: int, batch_size: int = 8
+) -> SplicedLoss:
     """Cross-entropy and KL with the hook clean, zero-ablated and reconstructed (BOS kept clean)."""
     sums = torch.zeros(5, dtype=torch.float64)
     count = 0
@@ -82,7 +84,7 @@ def spliced_loss(bridge, hook_name: str, tokens: torch.Tensor, reconstruct: Reco
         batch = batch.to(device)
         keep_clean = (batch == bos_id)[..., None]
 
-        def splice(replace: Callable[[torch.Tensor], torch.Tensor]):
+        def splice(replace: Callable[[torch.Tensor], torch.Tensor], keep_clean: torch.Tensor = keep_clean):
             def hook(act, hook=None):
                 return torch.where(keep_clean, act, replace(act))
 
@@ -136,14 +138,16 @@ class ActivationStats:
         x, x_hat = x.double(), x_hat.double()  # [rows, d_in]: small
         l1 = torch.linalg.vector_norm(f, ord=1, dim=1).double().sum()  # a reduction: no copy of f
         x_norm, x_hat_norm = x.norm(dim=-1), x_hat.norm(dim=-1)
-        chunk = torch.stack([
-            per_feature.sum().double(),
-            l1,
-            (x - x_hat).pow(2).sum(),
-            x.pow(2).sum(),
-            F.cosine_similarity(x, x_hat, dim=-1).sum(),
-            (x_hat_norm / x_norm.clamp_min(1e-12)).sum(),
-        ])
+        chunk = torch.stack(
+            [
+                per_feature.sum().double(),
+                l1,
+                (x - x_hat).pow(2).sum(),
+                x.pow(2).sum(),
+                F.cosine_similarity(x, x_hat, dim=-1).sum(),
+                (x_hat_norm / x_norm.clamp_min(1e-12)).sum(),
+            ]
+        )
         self._sums += chunk.to(self._sums.device)
         sum_x = x.sum(dim=0).to(self._sums.device)
         self._sum_x = sum_x if self._sum_x is None else self._sum_x + sum_x
@@ -169,8 +173,9 @@ class ActivationStats:
 
 
 @torch.no_grad()
-def activation_stats(sae: SparseAutoencoder, batches: Iterable[torch.Tensor], max_tokens: int,
-                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> ActivationStats:
+def activation_stats(
+    sae: SparseAutoencoder, batches: Iterable[torch.Tensor], max_tokens: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> ActivationStats:
     """Statistics over up to `max_tokens` rows of `batches`, on the SAE's device, in budget-sized chunks."""
     p = sae.W_dec
     stats = ActivationStats(sae.n_features, p.device)

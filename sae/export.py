@@ -49,11 +49,14 @@ def run_activation_cache(cfg: dict):
 
     train = cfg.get("train_config")
     if not train:
-        raise ConfigError("the SAE's cfg.json has no train_config, so its activations cannot be found: "
-                          "run evaluate.py on it first, or export with --no-sparsity.")
-    model_cfg, data_cfg, act_cfg = (to_objects(OmegaConf.merge(OmegaConf.structured(cls), train[name]), cls)
-                                    for name, cls in (("model", ModelConfig), ("data", DataConfig),
-                                                      ("activations", ActivationsConfig)))
+        raise ConfigError(
+            "the SAE's cfg.json has no train_config, so its activations cannot be found: "
+            "run evaluate.py on it first, or export with --no-sparsity."
+        )
+    model_cfg, data_cfg, act_cfg = (
+        to_objects(OmegaConf.merge(OmegaConf.structured(cls), train[name]), cls)
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("activations", ActivationsConfig))
+    )
     return build_cache(lazy_bridge(model_cfg), model_cfg, data_cfg, act_cfg, seed=int(train["sae"]["seed"]))
 
 
@@ -80,8 +83,7 @@ def log_feature_density(sae, cfg: dict, sae_dir: Path, n_tokens: int) -> tuple[t
     return log10_density(counts, tokens).float(), source
 
 
-def write_export(out: Path, cfg_dict: dict, tensors: dict, sparsity: torch.Tensor | None, fmt: str,
-                 overwrite: bool) -> Path:
+def write_export(out: Path, cfg_dict: dict, tensors: dict, sparsity: torch.Tensor | None, fmt: str, overwrite: bool) -> Path:
     """Write into a temporary sibling and rename, so OUT is never left half-written or silently replaced."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty: choose another OUT or pass --overwrite.")
@@ -100,8 +102,9 @@ def write_export(out: Path, cfg_dict: dict, tensors: dict, sparsity: torch.Tenso
     return out
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path, sparsity: bool = True, density_tokens: int = 100_000,
-           overwrite: bool = False) -> Path:
+def export(
+    run_dir: str | Path, fmt: str, out: str | Path, sparsity: bool = True, density_tokens: int = 100_000, overwrite: bool = False
+) -> Path:
     from sae.io import find_sae_dir, load_sae
 
     if fmt not in WRITERS:
@@ -124,8 +127,13 @@ def push_to_hub(folder: Path, repo_id: str, path_in_repo: str | None = None, pri
         raise ConfigError("no Hugging Face token: run `hf auth login` or export HF_TOKEN=..., then push again.")
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", path_in_repo=path_in_repo,
-                             commit_message=f"Add SAE {path_in_repo or ''}".strip())
+    return api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        path_in_repo=path_in_repo,
+        commit_message=f"Add SAE {path_in_repo or ''}".strip(),
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -136,14 +144,24 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hugging Face model repo")
     parser.add_argument("--path-in-repo", help="folder inside the repo (default: the SAE's hook name)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--density-tokens", type=int, default=100_000,
-                        help="tokens of the activation cache for sparsity.safetensors when no evaluation has it")
+    parser.add_argument(
+        "--density-tokens",
+        type=int,
+        default=100_000,
+        help="tokens of the activation cache for sparsity.safetensors when no evaluation has it",
+    )
     parser.add_argument("--no-sparsity", action="store_true", help="write no sparsity.safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     args = parser.parse_args(argv)
     try:
-        out = export(args.run_dir, args.format, args.out, sparsity=not args.no_sparsity,
-                     density_tokens=args.density_tokens, overwrite=args.overwrite)
+        out = export(
+            args.run_dir,
+            args.format,
+            args.out,
+            sparsity=not args.no_sparsity,
+            density_tokens=args.density_tokens,
+            overwrite=args.overwrite,
+        )
         print(f"wrote {args.format} SAE to {out}")
         if args.push_to_hub:
             path_in_repo = args.path_in_repo or json.loads((out / CONFIG).read_text()).get("hook_name")

@@ -58,9 +58,11 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     # A ReLU SAE is SAELens's "standard" one; in sparsify it is TopK with k = all latents (ReLU, then keep all).
     "relu": ArchitectureMap("standard", lambda tensors, cfg: ({}, {}), lambda cfg: int(cfg["n_features"])),
     # ReLU of the k largest pre-activations, selected on raw pre-activations (no decoder-norm rescaling).
-    "topk": ArchitectureMap("topk",
-                            lambda tensors, cfg: ({"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}),
-                            lambda cfg: int(cfg["settings"]["k"])),
+    "topk": ArchitectureMap(
+        "topk",
+        lambda tensors, cfg: ({"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}),
+        lambda cfg: int(cfg["settings"]["k"]),
+    ),
     "batchtopk": ArchitectureMap("jumprelu", _batchtopk_threshold, None),
     # Thresholds are in pre-activation units, which the fold leaves unchanged.
     "jumprelu": ArchitectureMap("jumprelu", lambda tensors, cfg: ({}, {"threshold": tensors["log_threshold"].exp()}), None),
@@ -125,8 +127,12 @@ def _provenance(cfg: dict) -> dict:
     train = cfg.get("train_config") or {}
     data = train.get("data") or {}
     dataset = data.get("path") or (",".join(data["files"]) if data.get("files") else data.get("source"))
-    return {"model_name": cfg.get("model"), "hook_name": cfg.get("hook_name"), "context_size": data.get("context_length"),
-            "dataset_path": dataset}
+    return {
+        "model_name": cfg.get("model"),
+        "hook_name": cfg.get("hook_name"),
+        "context_size": data.get("context_length"),
+        "dataset_path": dataset,
+    }
 
 
 def to_saelens(state: Tensors, cfg: dict) -> tuple[dict, Tensors]:
@@ -142,8 +148,11 @@ def to_saelens(state: Tensors, cfg: dict) -> tuple[dict, Tensors]:
         **prov,
         "hook_head_index": None,
         "prepend_bos": True,  # every context starts with BOS; BOS positions were left out of training
-        "trained_with": {"library": "sae-monosemanticity", "architecture": architecture_of(cfg),
-                         "input_scale_folded": float(state["input_scale"])},
+        "trained_with": {
+            "library": "sae-monosemanticity",
+            "architecture": architecture_of(cfg),
+            "input_scale_folded": float(state["input_scale"]),
+        },
     }
     out = {
         "architecture": mapping.saelens,
@@ -168,8 +177,10 @@ def to_sparsify(state: Tensors, cfg: dict) -> tuple[dict, Tensors]:
     """sparsify's `cfg.json` dict and `sae.safetensors` tensors (`encoder.weight` is [n, d_in], like nn.Linear)."""
     mapping = mapping_for(cfg)
     if mapping.sparsify_k is None:
-        raise ConfigError(f"sparsify runs only TopK-style SAEs; a {architecture_of(cfg)!r} SAE has no exact equivalent "
-                          "there: export it with --format saelens.")
+        raise ConfigError(
+            f"sparsify runs only TopK-style SAEs; a {architecture_of(cfg)!r} SAE has no exact equivalent "
+            "there: export it with --format saelens."
+        )
     tensors = folded_tensors(state)
     n, d = int(cfg["n_features"]), int(cfg["d_in"])
     out = {
@@ -186,8 +197,12 @@ def to_sparsify(state: Tensors, cfg: dict) -> tuple[dict, Tensors]:
         # Not sparsify fields (its loader drops unknown keys): where the activations came from.
         **_provenance(cfg),
     }
-    weights = {"encoder.weight": tensors["W_enc"].T.contiguous(), "encoder.bias": tensors["b_enc"],
-               "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+    weights = {
+        "encoder.weight": tensors["W_enc"].T.contiguous(),
+        "encoder.bias": tensors["b_enc"],
+        "W_dec": tensors["W_dec"],
+        "b_dec": tensors["b_dec"],
+    }
     return out, weights
 
 
@@ -199,26 +214,46 @@ def _hook_parts(hook_name: str | None) -> tuple[int | None, str | None]:
     return (int(match.group(1)), match.group(2)) if match else (None, None)
 
 
-def _run_config(model: str | None, layer: int | None, hook: str | None, dataset: str | None,
-                context_size: int | None) -> dict:
+def _run_config(model: str | None, layer: int | None, hook: str | None, dataset: str | None, context_size: int | None) -> dict:
     """The model and text settings that evaluate.py and the interp stage read from `train_config`, where known."""
     run: dict = {}
     if model and layer is not None:
         alias = model.split(":")[-1].split("/")[-1]
         run["model"] = {"name": model, "alias": alias, "layer": layer, "hook": hook}
     if dataset:
-        data = ({"source": "wiki_offline", "alias": "wiki"} if dataset == "wiki_offline"
-                else {"source": "hf", "alias": dataset.split("/")[-1], "path": dataset})
+        data = (
+            {"source": "wiki_offline", "alias": "wiki"}
+            if dataset == "wiki_offline"
+            else {"source": "hf", "alias": dataset.split("/")[-1], "path": dataset}
+        )
         run["data"] = data | ({"context_length": int(context_size)} if context_size else {})
     return run
 
 
-def _native_cfg(d_in: int, n: int, architecture: str, model: str | None, hook_name: str | None, fmt: str,
-                directory: Path, dataset: str | None = None, context_size: int | None = None) -> dict:
+def _native_cfg(
+    d_in: int,
+    n: int,
+    architecture: str,
+    model: str | None,
+    hook_name: str | None,
+    fmt: str,
+    directory: Path,
+    dataset: str | None = None,
+    context_size: int | None = None,
+) -> dict:
     layer, hook = _hook_parts(hook_name)
-    return {"d_in": d_in, "n_features": n, "architecture": architecture, "model": model, "layer": layer, "hook": hook,
-            "hook_name": hook_name, "format": fmt, "source": str(directory),
-            "train_config": _run_config(model, layer, hook, dataset, context_size)}
+    return {
+        "d_in": d_in,
+        "n_features": n,
+        "architecture": architecture,
+        "model": model,
+        "layer": layer,
+        "hook": hook,
+        "hook_name": hook_name,
+        "format": fmt,
+        "source": str(directory),
+        "train_config": _run_config(model, layer, hook, dataset, context_size),
+    }
 
 
 def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
@@ -227,13 +262,17 @@ def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
     arch = cfg.get("architecture", "standard")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", False, None):
-        raise ConfigError(f"{directory}: normalize_activations={norm!r} is applied by SAELens at run time; load it in "
-                          "SAELens and save it with the normalisation folded in (normalize_activations='none').")
+        raise ConfigError(
+            f"{directory}: normalize_activations={norm!r} is applied by SAELens at run time; load it in "
+            "SAELens and save it with the normalisation folded in (normalize_activations='none')."
+        )
     tensors = {k: v.float() for k, v in load_file(directory / WEIGHTS[SAELENS]).items()}
     ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
     if arch not in ours or (arch == "topk" and cfg.get("rescale_acts_by_decoder_norm")):
-        raise ConfigError(f"{directory}: SAELens architecture {arch!r} cannot be loaded here; supported: {sorted(ours)} "
-                          "(topk without rescale_acts_by_decoder_norm).")
+        raise ConfigError(
+            f"{directory}: SAELens architecture {arch!r} cannot be loaded here; supported: {sorted(ours)} "
+            "(topk without rescale_acts_by_decoder_norm)."
+        )
     state = {k: tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if not cfg.get("apply_b_dec_to_input", True):
         # f = σ(x W + b) = σ((x − b_dec) W + b + b_dec W): the same SAE with b_dec subtracted first.
@@ -244,8 +283,17 @@ def _from_saelens(directory: Path) -> tuple[str, Tensors, dict]:
     model = meta.get("model_name", cfg.get("model_name"))
     hook_name = meta.get("hook_name", cfg.get("hook_name"))
     d_in, n = state["W_enc"].shape
-    native = _native_cfg(d_in, n, ours[arch], model, hook_name, SAELENS, directory,
-                         meta.get("dataset_path", cfg.get("dataset_path")), meta.get("context_size", cfg.get("context_size")))
+    native = _native_cfg(
+        d_in,
+        n,
+        ours[arch],
+        model,
+        hook_name,
+        SAELENS,
+        directory,
+        meta.get("dataset_path", cfg.get("dataset_path")),
+        meta.get("context_size", cfg.get("context_size")),
+    )
     native["k"] = int(cfg["k"]) if arch == "topk" else None
     return ours[arch], state, native
 
@@ -254,15 +302,30 @@ def _from_sparsify(directory: Path) -> tuple[str, Tensors, dict]:
     cfg = json.loads((directory / CONFIG).read_text())
     tensors = {k: v.float() for k, v in load_file(directory / WEIGHTS[SPARSIFY]).items()}
     if cfg.get("transcode") or cfg.get("skip_connection") or cfg.get("activation", "topk") != "topk":
-        raise ConfigError(f"{directory}: only sparsify TopK autoencoders load here (not transcoders, skip connections "
-                          f"or groupmax); cfg: {cfg}.")
+        raise ConfigError(
+            f"{directory}: only sparsify TopK autoencoders load here (not transcoders, skip connections or groupmax); cfg: {cfg}."
+        )
     W_enc = tensors["encoder.weight"].T.contiguous()
     d_in, n = W_enc.shape
     arch = "relu" if int(cfg["k"]) >= n else "topk"  # TopK over all latents is ReLU
-    state = {"W_enc": W_enc, "b_enc": tensors["encoder.bias"], "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"],
-             "input_scale": torch.ones(())}
-    native = _native_cfg(d_in, n, arch, cfg.get("model_name"), cfg.get("hook_name"), SPARSIFY, directory,
-                         cfg.get("dataset_path"), cfg.get("context_size"))
+    state = {
+        "W_enc": W_enc,
+        "b_enc": tensors["encoder.bias"],
+        "W_dec": tensors["W_dec"],
+        "b_dec": tensors["b_dec"],
+        "input_scale": torch.ones(()),
+    }
+    native = _native_cfg(
+        d_in,
+        n,
+        arch,
+        cfg.get("model_name"),
+        cfg.get("hook_name"),
+        SPARSIFY,
+        directory,
+        cfg.get("dataset_path"),
+        cfg.get("context_size"),
+    )
     native["k"] = int(cfg["k"]) if arch == "topk" else None
     return arch, state, native
 
@@ -293,8 +356,12 @@ def check_matches(sae_cfg: dict, model_name: str, hook_name: str) -> None:
     """Refuse an SAE trained on another model or hook than the one it is about to be run on."""
     where = sae_cfg.get("source") or "this SAE"
     if sae_cfg.get("model") is None or sae_cfg.get("hook_name") is None:
-        raise ConfigError(f"{where} does not record its model and hook; pass them (model.name=... model.layer=... "
-                          "model.hook=...) and make sure they are the ones it was trained on.")
+        raise ConfigError(
+            f"{where} does not record its model and hook; pass them (model.name=... model.layer=... "
+            "model.hook=...) and make sure they are the ones it was trained on."
+        )
     if sae_cfg["model"] != model_name or sae_cfg["hook_name"] != hook_name:
-        raise ConfigError(f"{where} was trained on model {sae_cfg['model']!r} at hook {sae_cfg['hook_name']!r}, not "
-                          f"{model_name!r} at {hook_name!r}: use an SAE for that model and hook, or those settings.")
+        raise ConfigError(
+            f"{where} was trained on model {sae_cfg['model']!r} at hook {sae_cfg['hook_name']!r}, not "
+            f"{model_name!r} at {hook_name!r}: use an SAE for that model and hook, or those settings."
+        )

@@ -26,8 +26,9 @@ def save_sae(sae: SparseAutoencoder, directory: str | Path, provenance: dict) ->
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Floats as float32; integer state (e.g. dead-latent counters) keeps its dtype.
-    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
-               for k, v in sae.state_dict().items()}
+    tensors = {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in sae.state_dict().items()
+    }
     save_file(tensors, directory / (WEIGHTS + ".tmp"))
     (directory / (WEIGHTS + ".tmp")).rename(directory / WEIGHTS)
     (directory / CONFIG).write_text(json.dumps({**provenance, **sae.config_dict()}, indent=2, default=str))
@@ -40,8 +41,10 @@ def find_sae_dir(path: str | Path) -> Path:
     for candidate in (path, path / "sae"):
         if detect_format(candidate) is not None:
             return candidate
-    raise FileNotFoundError(f"no {WEIGHTS} + {CONFIG} (or a SAELens/sparsify SAE) in {path} or {path / 'sae'}: "
-                            "point at a finished training run or its sae/ directory.")
+    raise FileNotFoundError(
+        f"no {WEIGHTS} + {CONFIG} (or a SAELens/sparsify SAE) in {path} or {path / 'sae'}: "
+        "point at a finished training run or its sae/ directory."
+    )
 
 
 def read_sae_config(directory: Path) -> dict:
@@ -64,8 +67,10 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     cfg = read_sae_config(directory)
     name = cfg.get("architecture", LEGACY_ARCHITECTURE)
     if name not in ARCHITECTURES:
-        raise SAEFileError(f"{directory / CONFIG} names architecture {name!r}, which this version does not know "
-                           f"(known: {', '.join(ARCHITECTURES)}): update the code or check the file.")
+        raise SAEFileError(
+            f"{directory / CONFIG} names architecture {name!r}, which this version does not know "
+            f"(known: {', '.join(ARCHITECTURES)}): update the code or check the file."
+        )
     try:
         settings = build_settings(name, cfg.get("settings"))
     except ConfigError as exc:
@@ -74,13 +79,15 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[SparseAutoencoder, 
     try:
         state = load_file(directory / WEIGHTS)
     except (SafetensorError, OSError) as exc:
-        raise SAEFileError(f"{directory / WEIGHTS} cannot be read ({exc}): the file is corrupt or truncated; "
-                           "retrain or restore it.") from None
+        raise SAEFileError(
+            f"{directory / WEIGHTS} cannot be read ({exc}): the file is corrupt or truncated; retrain or restore it."
+        ) from None
     try:
         sae.load_state_dict(state)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:300]
-        raise SAEFileError(f"{directory / WEIGHTS} does not hold a {name} SAE of d_in={cfg['d_in']}, "
-                           f"n_features={cfg['n_features']} as {CONFIG} says ({reason}).") from None
+        raise SAEFileError(
+            f"{directory / WEIGHTS} does not hold a {name} SAE of d_in={cfg['d_in']}, "
+            f"n_features={cfg['n_features']} as {CONFIG} says ({reason})."
+        ) from None
     return sae.to(device).eval(), cfg
-

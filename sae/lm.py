@@ -104,8 +104,10 @@ def validate_hook(bridge, cfg: ModelConfig) -> str:
     name = hook_name(cfg)
     if name not in bridge.hook_dict:
         prefix = f"blocks.{cfg.layer}."
-        valid = sorted(k[len(prefix):] for k in bridge.hook_dict if k.startswith(prefix))
-        raise ConfigError(f"model.hook={cfg.hook!r} is not a hook of {cfg.name} block {cfg.layer}. Valid hooks: {', '.join(valid)}")
+        valid = sorted(k[len(prefix) :] for k in bridge.hook_dict if k.startswith(prefix))
+        raise ConfigError(
+            f"model.hook={cfg.hook!r} is not a hook of {cfg.name} block {cfg.layer}. Valid hooks: {', '.join(valid)}"
+        )
     return name
 
 
@@ -159,5 +161,7 @@ def check_context_length(cfg: ModelConfig, context_length: int) -> None:
     """Before harvesting: a context longer than the model takes would fail (or exhaust memory) mid-run."""
     limit = max_context(cfg)
     if limit is not None and context_length > limit:
-        raise ConfigError(f"data.context_length={context_length} exceeds {cfg.name}'s maximum context of {limit} tokens: "
-                          f"use data.context_length<={limit}.")
+        raise ConfigError(
+            f"data.context_length={context_length} exceeds {cfg.name}'s maximum context of {limit} tokens: "
+            f"use data.context_length<={limit}."
+        )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from sae.architectures import SparseAutoencoder
 from sae.config import SAEConfig
 from sae.metrics import explained_variance
-from sae.architectures import SparseAutoencoder
 
 
 def l1_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> float:

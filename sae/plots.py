@@ -25,7 +25,7 @@ def plot_decoder_similarity(groups: dict[str, np.ndarray], means: dict[str, floa
     """Histograms of pairwise decoder cosines per feature group ("rare features are more similar")."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(-1, 1, 81)
-    for (name, cosines), color in zip(groups.items(), ("tab:red", "tab:blue", "tab:green")):
+    for (name, cosines), color in zip(groups.items(), ("tab:red", "tab:blue", "tab:green"), strict=False):
         if len(cosines):
             ax.hist(cosines, bins=bins, density=True, alpha=0.55, color=color, label=f"{name}: mean {means[name]:.3f}")
     ax.set_xlabel("cosine similarity between decoder directions (pairs within a group)")

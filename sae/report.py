@@ -240,7 +240,9 @@ def write_csv(rows: list[RunRow], path: Path) -> Path:
 
 def markdown_table(rows: list[RunRow]) -> str:
     """The report table; the reconstruction-score column only when some run has one."""
-    columns = {k: v for k, v in COLUMNS_MD.items() if k != "recon. score" or any(r.reconstruction_score is not None for r in rows)}
+    columns = {
+        k: v for k, v in COLUMNS_MD.items() if k != "recon. score" or any(r.reconstruction_score is not None for r in rows)
+    }
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
@@ -265,8 +267,10 @@ def seeds_table(settings: list[Setting]) -> str:
     lines = ["| setting | seeds | L0 | recon. score | expl. var. | dead % |", "|---|---|---|---|---|---|"]
     for s in sorted(multi, key=lambda s: s.label):
         seeds = ",".join(str(r.seed) for r in sorted(s.members, key=lambda r: r.seed if r.seed is not None else -1))
-        lines.append(f"| {s.label} | {seeds} | {cell(s, 'l0', '{:.1f}')} | {cell(s, 'reconstruction_score', '{:.3f}')} | "
-                     f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |")
+        lines.append(
+            f"| {s.label} | {seeds} | {cell(s, 'l0', '{:.1f}')} | {cell(s, 'reconstruction_score', '{:.3f}')} | "
+            f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |"
+        )
     return "\n".join(lines)
 
 
@@ -299,12 +303,25 @@ def build_report(sweep_dir: str | Path) -> Report:
     plots = write_plots(rows, settings, sweep_dir, sweep_dir / "report_plots")
     csv_path = write_csv(rows, sweep_dir / "report.csv")
     done = sum(r.status == "finished" for r in rows)
-    parts = [f"# Sweep report: {_sweep_name(sweep_dir)}", "", f"{done} of {len(rows)} runs finished. Directory: `{sweep_dir}`.", "",
-             markdown_table(rows), ""]
+    parts = [
+        f"# Sweep report: {_sweep_name(sweep_dir)}",
+        "",
+        f"{done} of {len(rows)} runs finished. Directory: `{sweep_dir}`.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
     across = seeds_table(settings)
     if across:
-        parts += ["## Across seeds", "", "Mean ± half-width of the 95% interval (Student t) over the seeds of each setting "
-                  "(runs that differ only by `sae.seed`).", "", across, ""]
+        parts += [
+            "## Across seeds",
+            "",
+            "Mean ± half-width of the 95% interval (Student t) over the seeds of each setting "
+            "(runs that differ only by `sae.seed`).",
+            "",
+            across,
+            "",
+        ]
     parts += [f"![{name}]({path.relative_to(sweep_dir)})\n" for name, path in plots.items()]
     md_path = sweep_dir / "report.md"
     md_path.write_text("\n".join(parts))
@@ -320,8 +337,16 @@ def log_to_wandb(report: Report, logger_cfg: dict) -> None:
 
     cfg = LoggerConfig(**{k: v for k, v in logger_cfg.items() if k in {f.name for f in fields(LoggerConfig)}})
     group = cfg.group or report.sweep_dir.name
-    run = wandb.init(project=cfg.project, entity=cfg.entity, group=group, job_type="sweep-report", name=f"{group}-report",
-                     dir=str(report.sweep_dir), mode=wandb_mode(cfg), reinit="create_new")
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=group,
+        job_type="sweep-report",
+        name=f"{group}-report",
+        dir=str(report.sweep_dir),
+        mode=wandb_mode(cfg),
+        reinit="create_new",
+    )
     columns = [f.name for f in fields(RunRow)]
     table = wandb.Table(columns=columns, data=[[getattr(r, c) for c in columns] for r in report.rows])
     run.log({"sweep/report": table, **{f"sweep/{name}": wandb.Image(str(p)) for name, p in report.plots.items()}})

@@ -19,8 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sae.run_identity import number  # noqa: E402
 
-METRICS = [("l0", "L0"), ("reconstruction_score", "reconstruction score"), ("explained_variance", "explained variance"),
-           ("dead_pct", "dead features %"), ("ultralow_pct", "ultralow features %")]
+METRICS = [
+    ("l0", "L0"),
+    ("reconstruction_score", "reconstruction score"),
+    ("explained_variance", "explained variance"),
+    ("dead_pct", "dead features %"),
+    ("ultralow_pct", "ultralow features %"),
+]
 
 
 def quality_metric(rows) -> tuple[str, str]:
@@ -31,10 +36,12 @@ def quality_metric(rows) -> tuple[str, str]:
 
 
 def _label(setting, with_lr: bool = False) -> str:
-    parts = [f"x{setting.expansion}" if setting.expansion else None,
-             f"k={setting.k}" if setting.k is not None else None,
-             f"l1={number(setting.l1_coefficient)}" if setting.l1_coefficient is not None else None,
-             f"lr={number(setting.lr)}" if with_lr and setting.lr is not None else None]
+    parts = [
+        f"x{setting.expansion}" if setting.expansion else None,
+        f"k={setting.k}" if setting.k is not None else None,
+        f"l1={number(setting.l1_coefficient)}" if setting.l1_coefficient is not None else None,
+        f"lr={number(setting.lr)}" if with_lr and setting.lr is not None else None,
+    ]
     return " ".join(p for p in parts if p) or setting.label
 
 
@@ -42,8 +49,10 @@ def plot_frontier(rows, settings, path: Path) -> Path | None:
     """L0 (lower is sparser) against quality: one curve per recipe / architecture, seeds averaged with
     95% error bars, and the Pareto frontier over all (no setting both sparser and better)."""
     key, label = quality_metric(rows)
-    pts = sorted(((s.mean["l0"], s.mean[key], s) for s in settings if s.mean["l0"] is not None and s.mean[key] is not None),
-                 key=lambda p: p[:2])
+    pts = sorted(
+        ((s.mean["l0"], s.mean[key], s) for s in settings if s.mean["l0"] is not None and s.mean[key] is not None),
+        key=lambda p: p[:2],
+    )
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -52,17 +61,33 @@ def plot_frontier(rows, settings, path: Path) -> Path | None:
     with_lr = len({s.lr for *_, s in pts}) > 1
     for i, family in enumerate(families):
         members = [(l0, q, s) for l0, q, s in pts if s.family == family]
-        ax.errorbar([m[0] for m in members], [m[1] for m in members],
-                    xerr=[m[2].ci95["l0"] or 0 for m in members], yerr=[m[2].ci95[key] or 0 for m in members],
-                    color=colors(i % 10), marker="o", ms=5, lw=1, capsize=3, label=family, zorder=3)
+        ax.errorbar(
+            [m[0] for m in members],
+            [m[1] for m in members],
+            xerr=[m[2].ci95["l0"] or 0 for m in members],
+            yerr=[m[2].ci95[key] or 0 for m in members],
+            color=colors(i % 10),
+            marker="o",
+            ms=5,
+            lw=1,
+            capsize=3,
+            label=family,
+            zorder=3,
+        )
         for l0, q, s in members:
-            ax.annotate(_label(s, with_lr) + (f" (n={s.n})" if s.n > 1 else ""), (l0, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                _label(s, with_lr) + (f" (n={s.n})" if s.n > 1 else ""),
+                (l0, q),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     frontier, best = [], float("-inf")
     for l0, q, _ in pts:
         if q > best:
             frontier.append((l0, q))
             best = q
-    ax.plot(*zip(*frontier), color="tab:red", lw=1, ls="--", label="frontier", zorder=2)
+    ax.plot(*zip(*frontier, strict=False), color="tab:red", lw=1, ls="--", label="frontier", zorder=2)
     if pts[-1][0] / max(pts[0][0], 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("L0 (active features per token, held out)")
@@ -91,13 +116,14 @@ def plot_metrics_vs(rows, settings, axis: str, path: Path) -> Path | None:
         if getattr(s, axis) is not None:
             lines[tuple(getattr(s, a) for a in others)].append(s)
     varying = [i for i in range(len(others)) if len({k[i] for k in lines}) > 1]  # legend: what differs
-    for ax, (key, label) in zip(axes[0], metrics):
+    for ax, (key, label) in zip(axes[0], metrics, strict=False):
         for knobs, members in lines.items():
             pts = sorted((getattr(s, axis), _mean(s, key), _ci(s, key)) for s in members if _mean(s, key) is not None)
             if pts:
                 name = ", ".join(f"{others[i]}={knobs[i]}" for i in varying if knobs[i] is not None)
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                            label=name or None)
+                ax.errorbar(
+                    [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name or None
+                )
         ax.set_xscale("log", base=2 if axis == "expansion" else 10)
         ax.set_xlabel(axis)
         ax.set_title(label, fontsize=9)
@@ -131,7 +157,7 @@ def plot_density_grid(rows, sweep_dir: Path, path: Path, columns: int = 4) -> Pa
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 2.6 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (r, p) in zip(axes.flat, images):
+    for ax, (r, p) in zip(axes.flat, images, strict=False):
         ax.imshow(mpimg.imread(p))
         ax.set_title(r.run, fontsize=7)
     fig.tight_layout()

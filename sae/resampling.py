@@ -9,13 +9,13 @@ encoder columns, the encoder bias 0, and Adam forgets its moments for exactly th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
-from sae.config import ResampleConfig
 from sae.architectures import ReLUSAE
+from sae.config import ResampleConfig
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,12 @@ def resample_schedule(cfg: ResampleConfig, total_steps: int, batch_size: int) ->
     note = ""
     if scaled_window < floor or tuple(steps) != tuple(s for s in wanted if s < total_steps):
         p_dead = (1 - cfg.healthy_density) ** scaled_window
-        note = (f"resampling: {total_tokens:,} training tokens are too few for the paper's schedule scaled to this run "
-                f"(a {scaled_window:,}-token dead window would call a feature of density {cfg.healthy_density:g} dead with "
-                f"probability {p_dead:.2f}); using a {dead_window * batch_size:,}-token window and "
-                f"{len(steps)} of {len(wanted)} events, at steps {list(steps)}.")
+        note = (
+            f"resampling: {total_tokens:,} training tokens are too few for the paper's schedule scaled to this run "
+            f"(a {scaled_window:,}-token dead window would call a feature of density {cfg.healthy_density:g} dead with "
+            f"probability {p_dead:.2f}); using a {dead_window * batch_size:,}-token window and "
+            f"{len(steps)} of {len(wanted)} events, at steps {list(steps)}."
+        )
     return ResampleSchedule(tuple(steps), dead_window, dead_window * batch_size, cfg.n_inputs, note)
 
 

@@ -55,8 +55,9 @@ def run_configs(sae_cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Map
         if name == "model" and not saved and "model" in sae_cfg:  # an SAE saved without its training config
             saved = {"name": sae_cfg["model"], "alias": "model", "layer": sae_cfg["layer"], "hook": sae_cfg["hook"]}
         if name == "data" and not saved and not overrides.get("data"):
-            raise ConfigError("cfg.json has no train_config.data: give the evaluation text, e.g. +data.source=wiki_offline "
-                              "+data.alias=wiki.")
+            raise ConfigError(
+                "cfg.json has no train_config.data: give the evaluation text, e.g. +data.source=wiki_offline +data.alias=wiki."
+            )
         out[name] = config_from_dict(cls, saved, overrides.get(name))
     seed = int((train.get("sae") or {}).get("seed", 0))
     return RunConfigs(**out, seed=seed, run_name=train.get("run_name"))

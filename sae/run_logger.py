@@ -41,6 +41,15 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict, 
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
     return WandbLogger(
-        project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags), name=run_name,
-        save_dir=str(run_dir), id=run_id, resume="allow", mode=wandb_mode(cfg), config=config, job_type=job_type,
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group,
+        tags=list(cfg.tags),
+        name=run_name,
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        mode=wandb_mode(cfg),
+        config=config,
+        job_type=job_type,
     )

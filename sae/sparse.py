@@ -68,8 +68,9 @@ def encode_decode(
         f = activation(sae.pre_activation(x))
         return Forward(sae.decode(f), f, False)
     density_limit = 1.0 if kernel == "sparse" else max_density
-    f, recon, sparse = _EncodeDecode.apply(x, sae.input_scale, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec,
-                                           activation, density_limit)
+    f, recon, sparse = _EncodeDecode.apply(
+        x, sae.input_scale, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, activation, density_limit
+    )
     x_hat = (recon + sae.b_dec) / sae.input_scale
     return Forward(x_hat, f, sparse)
 
@@ -136,8 +137,9 @@ def _sparse_backward(ctx, grad_f, grad_recon):
     if grad_recon is not None and len(values):
         with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is all we use of it
             warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(_row_pointers(row_starts, len(values)), latents, values, (batch, n),
-                                              check_invariants=False)
+            pattern = torch.sparse_csr_tensor(
+                _row_pointers(row_starts, len(values)), latents, values, (batch, n), check_invariants=False
+            )
         grad_values = grad_values + torch.sparse.sampled_addmm(pattern, grad_recon, W_dec.T, beta=0).values()
     grad_b_enc = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, latents, grad_values)
 
@@ -147,15 +149,18 @@ def _sparse_backward(ctx, grad_f, grad_recon):
     latent_starts = _starts(latents, n)
     grad_W_enc = grad_W_dec = grad_x = None
     if needs[2]:
-        grad_W_enc = F.embedding_bag(inputs_by_latent, x_bar, latent_starts, mode="sum",
-                                     per_sample_weights=grad_values.index_select(0, by_latent)).T
+        grad_W_enc = F.embedding_bag(
+            inputs_by_latent, x_bar, latent_starts, mode="sum", per_sample_weights=grad_values.index_select(0, by_latent)
+        ).T
     if needs[4] and grad_recon is not None:
-        grad_W_dec = F.embedding_bag(inputs_by_latent, grad_recon, latent_starts, mode="sum",
-                                     per_sample_weights=values.index_select(0, by_latent))
+        grad_W_dec = F.embedding_bag(
+            inputs_by_latent, grad_recon, latent_starts, mode="sum", per_sample_weights=values.index_select(0, by_latent)
+        )
     grad_b_dec = -(W_enc @ grad_b_enc) if needs[5] else None
     if needs[0]:
-        grad_x = F.embedding_bag(latents, W_enc.T.contiguous(), row_starts, mode="sum",
-                                 per_sample_weights=grad_values) * ctx.scale
+        grad_x = (
+            F.embedding_bag(latents, W_enc.T.contiguous(), row_starts, mode="sum", per_sample_weights=grad_values) * ctx.scale
+        )
     return grad_x, None, grad_W_enc, grad_b_enc if needs[3] else None, grad_W_dec, grad_b_dec, None, None
 
 

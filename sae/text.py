@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -66,7 +66,9 @@ def iter_texts(cfg: DataConfig, split: str) -> Iterator[str]:
                 yield text
 
 
-def iter_contexts(texts: Iterator[str], tokenizer, context_length: int, bos_id: int, batch_docs: int = 64) -> Iterator[torch.Tensor]:
+def iter_contexts(
+    texts: Iterator[str], tokenizer, context_length: int, bos_id: int, batch_docs: int = 64
+) -> Iterator[torch.Tensor]:
     """Pack documents (joined by BOS) into rows of `context_length` tokens, each starting with BOS."""
     body = context_length - 1
     pending: list[int] = []

@@ -41,21 +41,40 @@ def activation_cache_dir(tmp_path_factory) -> Path:
 
 
 def script_env(activation_cache_dir: Path | None = None) -> dict:
-    env = dict(os.environ, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("WANDB_API_KEY", None)
     return env
 
 
-def run_script(script: str, overrides: list[str], activation_cache_dir: Path | None = None, check: bool = True,
-               timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    script: str,
+    overrides: list[str],
+    activation_cache_dir: Path | None = None,
+    check: bool = True,
+    timeout: float = 900,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run `python <script> <overrides>` from the repo root, as a user would."""
     args = list(overrides)
     if activation_cache_dir is not None:
         args.append(f"activations.cache_dir={activation_cache_dir}")
     # Its own process group, so a timeout also ends the jobs it started (e.g. submitit_local workers).
-    with subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env or script_env(), start_new_session=True) as popen:
+    with subprocess.Popen(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or script_env(),
+        start_new_session=True,
+    ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -64,7 +83,9 @@ def run_script(script: str, overrides: list[str], activation_cache_dir: Path | N
             raise
     proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{script} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 

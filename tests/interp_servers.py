@@ -140,11 +140,18 @@ class ScriptedOpenAIServer:
             content, finish = ("<start>\nthe\t1" if simulating else " words that begin a long and winding"), "length"
         else:
             content = integer_answer(last) if simulating else " words about places and cities."
-        return 200, {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": len(last) // 4, "completion_tokens": len(content) // 4, "total_tokens": 0},
-        }, {}
+        return (
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "scripted"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": len(last) // 4, "completion_tokens": len(content) // 4, "total_tokens": 0},
+            },
+            {},
+        )
 
 
 def echo_logprobs(prompt: str, model: str) -> dict:
@@ -162,10 +169,23 @@ def echo_logprobs(prompt: str, model: str) -> dict:
         else:
             top.append({"the": -0.1})
     return {
-        "id": "x", "object": "text_completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "text": prompt + " 0", "finish_reason": "length",
-                     "logprobs": {"tokens": tokens, "token_logprobs": [None] + [-0.1] * (len(tokens) - 1),
-                                  "top_logprobs": top, "text_offset": offsets}}],
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": prompt + " 0",
+                "finish_reason": "length",
+                "logprobs": {
+                    "tokens": tokens,
+                    "token_logprobs": [None] + [-0.1] * (len(tokens) - 1),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                },
+            }
+        ],
         "usage": {"prompt_tokens": len(tokens), "completion_tokens": 1, "total_tokens": len(tokens) + 1},
     }
 
@@ -190,9 +210,25 @@ class LlamaCppServer:
     def __init__(self, gguf: Path, log_path: Path, n_ctx: int = 4096):
         self.port = free_port()
         self.log_path = log_path
-        self.cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-                    "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", "2",
-                    "--logits_all", "true"]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            "2",
+            "--logits_all",
+            "true",
+        ]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -200,7 +236,7 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 300) -> LlamaCppServer:
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (open while the server runs; closed in stop())
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -13,6 +13,7 @@ the `SLURM_CONF` variable in `LocalSlurm.env`. By hand:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -72,7 +73,7 @@ class LocalSlurm:
     def _node_line(self) -> str:
         """The node as `slurmd -C` sees it: a mismatch would make slurmctld drain it."""
         out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
-        line = next(l for l in out.splitlines() if l.startswith("NodeName="))
+        line = next(row for row in out.splitlines() if row.startswith("NodeName="))
         return " ".join(t for t in line.split() if not t.startswith("NodeName=")) + " NodeAddr=127.0.0.1 State=UNKNOWN"
 
     def _write_configs(self) -> None:
@@ -123,10 +124,22 @@ class LocalSlurm:
         key.chmod(0o400)
         d.chmod(0o755)
         log = self.root / "log" / "munged.log"
-        proc = self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--key-file={key}",
-                                      f"--socket={d / 'munge.socket'}", f"--pid-file={d / 'munged.pid'}",
-                                      f"--seed-file={d / 'munged.seed'}", f"--log-file={log}"],
-                           self.root / "log" / "munged.out", user="munge", group="munge")
+        proc = self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={d / 'munge.socket'}",
+                f"--pid-file={d / 'munged.pid'}",
+                f"--seed-file={d / 'munged.seed'}",
+                f"--log-file={log}",
+            ],
+            self.root / "log" / "munged.out",
+            user="munge",
+            group="munge",
+        )
         deadline = time.monotonic() + 30
         while not (d / "munge.socket").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -138,16 +151,38 @@ class LocalSlurm:
         data.mkdir(exist_ok=True)
         shutil.chown(data, "mysql", "mysql")
         log = self.root / "log" / "mariadb.log"
-        subprocess.run([_which("mariadb-install-db"), "--no-defaults", "--user=mysql", f"--datadir={data}",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
-                       check=True, capture_output=True, env=self.env)
-        proc = self._spawn("mariadbd", [_which("mariadbd"), "--no-defaults", "--user=mysql", f"--datadir={data}",
-                                        f"--socket={data / 'mysqld.sock'}", f"--pid-file={data / 'mysqld.pid'}",
-                                        "--bind-address=127.0.0.1", f"--port={self.ports['mysql']}",
-                                        "--skip-grant-tables", f"--log-error={log}"], log.with_suffix(".out"))
+        subprocess.run(
+            [
+                _which("mariadb-install-db"),
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+            env=self.env,
+        )
+        proc = self._spawn(
+            "mariadbd",
+            [
+                _which("mariadbd"),
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={data}",
+                f"--socket={data / 'mysqld.sock'}",
+                f"--pid-file={data / 'mysqld.pid'}",
+                "--bind-address=127.0.0.1",
+                f"--port={self.ports['mysql']}",
+                "--skip-grant-tables",
+                f"--log-error={log}",
+            ],
+            log.with_suffix(".out"),
+        )
         _wait_port(self.ports["mysql"], proc, "mariadbd", log)
 
-    def start(self, timeout: float = 90) -> "LocalSlurm":
+    def start(self, timeout: float = 90) -> LocalSlurm:
         try:
             self._write_configs()
             self._start_munge()
@@ -186,7 +221,7 @@ class LocalSlurm:
         if any(name == "slurmctld" and proc.poll() is None for name, proc in self.procs):
             subprocess.run(["scancel", "--full", "--user", "root"], capture_output=True, env=self.env, timeout=30)
             time.sleep(1)
-        for name, proc in reversed(self.procs):
+        for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -196,7 +231,7 @@ class LocalSlurm:
                     proc.wait(timeout=10)
         self.procs.clear()
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -206,7 +241,5 @@ class LocalSlurm:
 if __name__ == "__main__":
     with LocalSlurm() as cluster:
         print(f"export SLURM_CONF={cluster.conf}\n(logs under {cluster.root / 'log'}; Ctrl-C stops the cluster)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass

@@ -50,7 +50,7 @@ def test_cached_batches_visit_each_token_once_per_pass_and_resume_exactly(tmp_pa
     assert not torch.equal(first_pass, second_pass)  # a fresh permutation each pass
     resumed = list(CachedBatches(cache, batch_size=8, total_steps=15, seed=3, start_step=7))
     assert len(resumed) == 8
-    for a, b in zip(resumed, batches[7:]):
+    for a, b in zip(resumed, batches[7:], strict=False):
         assert torch.equal(a, b)
 
 
@@ -68,8 +68,15 @@ def _chunks_from(n_contexts: int, tokens_per_context: int = 10, per_chunk: int =
 
 def test_streamed_batches_resume_exactly_from_a_checkpointed_state():
     # 20 contexts of 10 tokens per pass, batches of 16, a 64-token buffer: several passes, with leftovers.
-    make = lambda state=None: StreamedBatches(_chunks_from(20), 3, batch_size=16, total_steps=40, buffer_tokens=64,  # noqa: E731
-                                              seed=5, state=state)
+    make = lambda state=None: StreamedBatches(
+        _chunks_from(20),
+        3,
+        batch_size=16,
+        total_steps=40,
+        buffer_tokens=64,  # noqa: E731
+        seed=5,
+        state=state,
+    )
     whole = list(make())
     assert len(whole) == 40
     first_pass = torch.cat(whole[:12])
@@ -82,7 +89,7 @@ def test_streamed_batches_resume_exactly_from_a_checkpointed_state():
         state = {key: (v.clone() if isinstance(v, torch.Tensor) else v) for key, v in state.items()}
         resumed = list(make(state))
         assert len(resumed) == 40 - k, k
-        for a, b in zip(seen[:k] + resumed, whole):
+        for a, b in zip(seen[:k] + resumed, whole, strict=False):
             assert torch.equal(a, b), k
 
 

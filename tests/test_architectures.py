@@ -25,8 +25,10 @@ D, EXPANSION, BATCH, STEPS = 8, 4, 32, 40
 
 def compose_sae(*overrides: str) -> SAEConfig:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"sae.batch_size={BATCH}", f"sae.tokens={BATCH * STEPS}",
-                                                      f"sae.expansion={EXPANSION}", *overrides])
+        cfg = compose(
+            config_name="train",
+            overrides=[f"sae.batch_size={BATCH}", f"sae.tokens={BATCH * STEPS}", f"sae.expansion={EXPANSION}", *overrides],
+        )
     return to_objects(cfg, TrainConfig).sae
 
 
@@ -39,13 +41,32 @@ def fixed_batches(seed: int = 0) -> list[torch.Tensor]:
 def train_new_path(cfg: SAEConfig, sae, batches) -> None:
     """Through the real LightningModule and Trainer, as train.py runs it."""
     module = SAETrainingModule(sae, cfg, log_every_n_steps=10_000)
-    trainer = L.Trainer(max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", gradient_clip_val=cfg.grad_clip)
+    trainer = L.Trainer(
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        gradient_clip_val=cfg.grad_clip,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
-def train_old_recipe(params: dict[str, torch.Tensor], batches, *, l1, lr, betas, unit_norm, weighted_l1, sum_squared,
-                     clip, warmup_fraction, decay_fraction) -> dict[str, torch.Tensor]:
+def train_old_recipe(
+    params: dict[str, torch.Tensor],
+    batches,
+    *,
+    l1,
+    lr,
+    betas,
+    unit_norm,
+    weighted_l1,
+    sum_squared,
+    clip,
+    warmup_fraction,
+    decay_fraction,
+) -> dict[str, torch.Tensor]:
     """The training step as the code before the registry wrote it, in plain torch: one flag per recipe difference."""
     p = {k: v.clone().requires_grad_(k != "input_scale") for k, v in params.items()}
     trainable = [p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"]]
@@ -75,12 +96,39 @@ def train_old_recipe(params: dict[str, torch.Tensor], batches, *, l1, lr, betas,
     return {k: v.detach() for k, v in p.items()}
 
 
-@pytest.mark.parametrize("recipe, flags", [
-    ("anthropic_2023", {"l1": 5e-3, "lr": 1e-3, "betas": (0.9, 0.99), "unit_norm": True, "weighted_l1": False,
-                        "sum_squared": False, "clip": None, "warmup_fraction": 0.0, "decay_fraction": 0.0}),
-    ("anthropic_2024", {"l1": 5.0, "lr": 5e-4, "betas": (0.9, 0.999), "unit_norm": False, "weighted_l1": True,
-                        "sum_squared": True, "clip": 1.0, "warmup_fraction": 0.05, "decay_fraction": 0.2}),
-])
+@pytest.mark.parametrize(
+    "recipe, flags",
+    [
+        (
+            "anthropic_2023",
+            {
+                "l1": 5e-3,
+                "lr": 1e-3,
+                "betas": (0.9, 0.99),
+                "unit_norm": True,
+                "weighted_l1": False,
+                "sum_squared": False,
+                "clip": None,
+                "warmup_fraction": 0.0,
+                "decay_fraction": 0.0,
+            },
+        ),
+        (
+            "anthropic_2024",
+            {
+                "l1": 5.0,
+                "lr": 5e-4,
+                "betas": (0.9, 0.999),
+                "unit_norm": False,
+                "weighted_l1": True,
+                "sum_squared": True,
+                "clip": 1.0,
+                "warmup_fraction": 0.05,
+                "decay_fraction": 0.2,
+            },
+        ),
+    ],
+)
 def test_relu_recipes_train_exactly_as_the_pre_registry_code(recipe, flags):
     overrides = [f"sae={recipe}", "sae.resample.enabled=false"]
     if recipe == "anthropic_2023":
@@ -103,8 +151,18 @@ def test_relu_recipes_train_exactly_as_the_pre_registry_code(recipe, flags):
 def _old_style_sae_dir(tmp_path, sae: ReLUSAE):
     """What the code before the registry wrote: no architecture in cfg.json, float tensors only."""
     save_file({k: v.detach().float().contiguous() for k, v in sae.state_dict().items()}, tmp_path / "sae.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": sae.d_in, "n_features": sae.n_features, "model": "embedded:smollm2",
-                                                   "layer": 2, "hook": "hook_mlp_out", "hook_name": "blocks.2.hook_mlp_out"}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": sae.d_in,
+                "n_features": sae.n_features,
+                "model": "embedded:smollm2",
+                "layer": 2,
+                "hook": "hook_mlp_out",
+                "hook_name": "blocks.2.hook_mlp_out",
+            }
+        )
+    )
     return tmp_path
 
 
@@ -150,14 +208,17 @@ def test_unknown_architecture_in_cfg_json_is_refused_by_name(tmp_path):
         load_sae(tmp_path)
 
 
-@pytest.mark.parametrize("damage, file, words", [
-    (lambda d: (d / "sae.safetensors").write_bytes((d / "sae.safetensors").read_bytes()[:40]), "sae.safetensors", "corrupt"),
-    (lambda d: (d / "sae.safetensors").write_bytes(b"\x00" * 64), "sae.safetensors", "corrupt"),
-    (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_feat'), "cfg.json", "not valid JSON"),
-    (lambda d: (d / "cfg.json").write_text('{"model": "x"}'), "cfg.json", "lacks d_in, n_features"),
-    (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_features": 99}'), "sae.safetensors", "does not hold a relu SAE"),
-    (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_features": 16, "settings": {"bogus": 1}}'), "cfg.json", "bogus"),
-])
+@pytest.mark.parametrize(
+    "damage, file, words",
+    [
+        (lambda d: (d / "sae.safetensors").write_bytes((d / "sae.safetensors").read_bytes()[:40]), "sae.safetensors", "corrupt"),
+        (lambda d: (d / "sae.safetensors").write_bytes(b"\x00" * 64), "sae.safetensors", "corrupt"),
+        (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_feat'), "cfg.json", "not valid JSON"),
+        (lambda d: (d / "cfg.json").write_text('{"model": "x"}'), "cfg.json", "lacks d_in, n_features"),
+        (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_features": 99}'), "sae.safetensors", "does not hold a relu SAE"),
+        (lambda d: (d / "cfg.json").write_text('{"d_in": 8, "n_features": 16, "settings": {"bogus": 1}}'), "cfg.json", "bogus"),
+    ],
+)
 def test_a_damaged_sae_gives_one_line_naming_the_file(tmp_path, damage, file, words):
     _old_style_sae_dir(tmp_path, ReLUSAE(D, 2 * D))
     damage(tmp_path)
@@ -167,13 +228,16 @@ def test_a_damaged_sae_gives_one_line_naming_the_file(tmp_path, damage, file, wo
     assert str(tmp_path / file) in message and words in message and "\n" not in message
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["sae.architecture=gated"], ["sae.architecture='gated'", "relu"]),
-    (["+sae.settings.bogus=1"], ["sae.settings", "bogus", "unit_norm_decoder"]),
-    (["sae.settings.init_decoder_norm=-1"], ["sae.settings.init_decoder_norm=-1"]),
-    (["sae.k=16"], ["sae.k=16", "sae.l1_coefficient"]),
-    (["sae.b_dec_init=median"], ["sae.b_dec_init", "mean"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["sae.architecture=gated"], ["sae.architecture='gated'", "relu"]),
+        (["+sae.settings.bogus=1"], ["sae.settings", "bogus", "unit_norm_decoder"]),
+        (["sae.settings.init_decoder_norm=-1"], ["sae.settings.init_decoder_norm=-1"]),
+        (["sae.k=16"], ["sae.k=16", "sae.l1_coefficient"]),
+        (["sae.b_dec_init=median"], ["sae.b_dec_init", "mean"]),
+    ],
+)
 def test_bad_architecture_settings_stop_at_start_up_naming_the_field(overrides, words):
     with pytest.raises(ConfigError) as err:
         compose_sae(*overrides)
@@ -182,6 +246,7 @@ def test_bad_architecture_settings_stop_at_start_up_naming_the_field(overrides, 
 
 
 # --- TopK, BatchTopK, JumpReLU on tiny tensors, against values worked out by hand -----------------
+
 
 def _tiny(cls, settings):
     """d_in 2, 4 latents: pre-activations x·W_enc are easy to read off; W_dec rows are unit vectors."""
@@ -286,15 +351,18 @@ def test_architectures_without_resampling_refuse_it_at_start_up():
         assert "sae.resample.enabled=true" in str(err.value) and "set sae.resample.enabled=false" in str(err.value)
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["sae=topk", "sae.k=0"], ["sae.k=0"]),
-    (["sae=topk", "sae.k=null"], ["sae.k=None", "sae.k=32"]),
-    (["sae=topk", "sae.l1_coefficient=1e-3"], ["sae.l1_coefficient=0.001", "sae.k"]),
-    (["sae=topk", "sae.settings.k_aux=0"], ["sae.settings.k_aux=0"]),
-    (["sae=batchtopk", "sae.settings.threshold_momentum=1"], ["sae.settings.threshold_momentum=1"]),
-    (["sae=jumprelu", "sae.settings.bandwidth=0"], ["sae.settings.bandwidth=0"]),
-    (["sae=jumprelu", "sae.settings.bandwidth=wide"], ["sae.settings", "bandwidth"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["sae=topk", "sae.k=0"], ["sae.k=0"]),
+        (["sae=topk", "sae.k=null"], ["sae.k=None", "sae.k=32"]),
+        (["sae=topk", "sae.l1_coefficient=1e-3"], ["sae.l1_coefficient=0.001", "sae.k"]),
+        (["sae=topk", "sae.settings.k_aux=0"], ["sae.settings.k_aux=0"]),
+        (["sae=batchtopk", "sae.settings.threshold_momentum=1"], ["sae.settings.threshold_momentum=1"]),
+        (["sae=jumprelu", "sae.settings.bandwidth=0"], ["sae.settings.bandwidth=0"]),
+        (["sae=jumprelu", "sae.settings.bandwidth=wide"], ["sae.settings", "bandwidth"]),
+    ],
+)
 def test_bad_new_architecture_settings_name_the_field(overrides, words):
     with pytest.raises(ConfigError) as err:
         compose_sae(*overrides)
@@ -308,8 +376,15 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
     from conftest import read_json, train_tiny
 
     steps = 30
-    train_tiny(tmp_path, activation_cache_dir, f"sae={recipe}", f"sae.tokens={256 * steps}", "trainer.eval_tokens=128",
-               "logger=csv", *(["sae.k=8", "sae.settings.dead_tokens=2560"] if recipe != "jumprelu" else []))
+    train_tiny(
+        tmp_path,
+        activation_cache_dir,
+        f"sae={recipe}",
+        f"sae.tokens={256 * steps}",
+        "trainer.eval_tokens=128",
+        "logger=csv",
+        *(["sae.k=8", "sae.settings.dead_tokens=2560"] if recipe != "jumprelu" else []),
+    )
     summary = read_json(tmp_path / "summary.json")
     assert summary["steps"] == steps and "resample/events" not in summary
     sae, cfg = load_sae(tmp_path)
@@ -332,9 +407,18 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
 
 def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
     """`+sweep=architectures`: five configurations x five levels; a level picks λ or k from that configuration's ladder."""
-    expected = {("anthropic_2023", 0): 5e-2, ("anthropic_2023", 4): 2.5e-3, ("anthropic_2024", 0): 20.0,
-                ("anthropic_2024", 4): 1.25, ("jumprelu", 0): 10.0, ("jumprelu", 4): 0.1, ("topk", 0): 8, ("topk", 4): 64,
-                ("batchtopk", 0): 8, ("batchtopk", 4): 64}
+    expected = {
+        ("anthropic_2023", 0): 5e-2,
+        ("anthropic_2023", 4): 2.5e-3,
+        ("anthropic_2024", 0): 20.0,
+        ("anthropic_2024", 4): 1.25,
+        ("jumprelu", 0): 10.0,
+        ("jumprelu", 4): 0.1,
+        ("topk", 0): 8,
+        ("topk", 4): 64,
+        ("batchtopk", 0): 8,
+        ("batchtopk", 4): 64,
+    }
     for (recipe, level), value in expected.items():
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             raw = compose(config_name="train", overrides=["+sweep=architectures", f"sae={recipe}", f"sweep.level={level}"])

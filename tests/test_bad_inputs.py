@@ -9,17 +9,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY, run_script, script_env, train_tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, run_script, script_env, train_tiny
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.eval_config import EvaluateConfig, MetricsConfig
 from sae.interp.config import ExplainerConfig, InterpConfig
@@ -28,19 +27,35 @@ register_configs()
 
 # Fields where 0 is a valid value (and -1 still is not).
 ZERO_OK = {
-    "model.layer", "sae.betas", "sae.l1_coefficient", "sae.l1_warmup_fraction", "sae.lr_decay_fraction", "sae.seed",
-    "trainer.eval_every_n_steps", "trainer.eval_tokens", "trainer.threads", "trainer.heldout_tokens",
-    "metrics.ce_tokens", "metrics.heldout_tokens", "metrics.density_tokens", "seed",
-    "interp.seed", "interp.n_score_top", "interp.n_score_random",
-    "explainer.max_retries", "explainer.temperature", "explainer.context_tokens",
-    "sae.settings.aux_coefficient", "sae.settings.threshold_momentum",  # 0: AuxK off; no threshold averaging
+    "model.layer",
+    "sae.betas",
+    "sae.l1_coefficient",
+    "sae.l1_warmup_fraction",
+    "sae.lr_decay_fraction",
+    "sae.seed",
+    "trainer.eval_every_n_steps",
+    "trainer.eval_tokens",
+    "trainer.threads",
+    "trainer.heldout_tokens",
+    "metrics.ce_tokens",
+    "metrics.heldout_tokens",
+    "metrics.density_tokens",
+    "seed",
+    "interp.seed",
+    "interp.n_score_top",
+    "interp.n_score_random",
+    "explainer.max_retries",
+    "explainer.temperature",
+    "explainer.context_tokens",
+    "sae.settings.aux_coefficient",
+    "sae.settings.threshold_momentum",  # 0: AuxK off; no threshold averaging
 }
 # Every field of these may be 0 (and -1 too: e.g. coefficients of a sum); none today.
 SIGNED_OK: set[str] = set()
 
 
 def _numeric_kind(tp) -> str | None:
-    """"scalar" for int/float (optional too), "list" for list[int]/list[float], else None."""
+    """ "scalar" for int/float (optional too), "list" for list[int]/list[float], else None."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if tp in (int, float) or (typing.get_origin(tp) is typing.Union and len(args) == 1 and args[0] in (int, float)):
         return "scalar"
@@ -96,8 +111,16 @@ def train_cfg():
 
 
 def test_catalogue_covers_every_group():
-    assert {"model.layer", "data.context_length", "activations.shard_tokens", "sae.lr", "sae.resample.n_inputs",
-            "trainer.log_every_n_steps", "trainer.density_window_steps", "trainer.devices"} <= set(TRAIN_CASES)
+    assert {
+        "model.layer",
+        "data.context_length",
+        "activations.shard_tokens",
+        "sae.lr",
+        "sae.resample.n_inputs",
+        "trainer.log_every_n_steps",
+        "trainer.density_window_steps",
+        "trainer.devices",
+    } <= set(TRAIN_CASES)
     assert {"metrics.ce_batch_size", "interp.batch_size", "explainer.sim_batch_size"} <= set(OTHER_CASES)
     assert "seed" in EVAL_CASES
 
@@ -120,8 +143,12 @@ def test_train_numeric_field_zero_and_negative(train_cfg, key):
 def _architecture_cases() -> list[tuple[str, str]]:
     from sae.architectures import ARCHITECTURES
 
-    return [(name, key) for name, cls in ARCHITECTURES.items() for key, _ in numeric_fields(cls.Settings, "sae.settings.")
-            if key != "sae.settings.k"]  # k is sae.k, checked with the sae group
+    return [
+        (name, key)
+        for name, cls in ARCHITECTURES.items()
+        for key, _ in numeric_fields(cls.Settings, "sae.settings.")
+        if key != "sae.settings.k"
+    ]  # k is sae.k, checked with the sae group
 
 
 @pytest.mark.parametrize("architecture, key", _architecture_cases())
@@ -217,14 +244,19 @@ def test_corrupt_last_checkpoint_names_the_file_and_the_fix(tmp_path, activation
 @pytest.fixture(scope="module")
 def saved_sae(tmp_path_factory) -> Path:
     """A real SAE directory as train.py writes it (weights + cfg.json with the TINY training config)."""
-    from sae.io import save_sae
     from sae.architectures import build_sae
+    from sae.io import save_sae
 
     resolved = OmegaConf.to_container(_train_cfg(), resolve=True)
     run_dir = tmp_path_factory.mktemp("saved") / "run"
     sae = build_sae("relu", 576, 1152)
-    provenance = {"model": resolved["model"]["name"], "layer": 2, "hook": "hook_mlp_out",
-                  "hook_name": "blocks.2.hook_mlp_out", "train_config": resolved}
+    provenance = {
+        "model": resolved["model"]["name"],
+        "layer": 2,
+        "hook": "hook_mlp_out",
+        "hook_name": "blocks.2.hook_mlp_out",
+        "train_config": resolved,
+    }
     save_sae(sae, run_dir / "sae", provenance)
     return run_dir
 

@@ -1,10 +1,10 @@
 """Bad input stops at start-up with a message naming the field and the fix."""
 
 import pytest
+from conftest import REPO, TINY, train_tiny
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, train_tiny
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 
 register_configs()

@@ -16,8 +16,10 @@ from test_dashboard_support import write_synthetic_site
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extras)")
 if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it as root: apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (scripts/setup.sh --test installs it as root: apt-get install chromium)",
+        allow_module_level=True,
+    )
 
 N_FEATURES = 4608
 INTERACTIVE_BUDGET_S = 15.0  # generous: 2 shared CPU cores; the measured time is printed
@@ -121,7 +123,9 @@ def test_index_feature_page_and_blind_rating(site, server, browser):
     page.click("#save-rating")
     page.wait_for_selector("#rating-form .status:has-text('saved')")
     db = sqlite3.connect(root / "ratings.sqlite")
-    row = db.execute("SELECT kind, unit, confidence, activations, logits, specificity, blind FROM ratings WHERE rater='tester'").fetchone()
+    row = db.execute(
+        "SELECT kind, unit, confidence, activations, logits, specificity, blind FROM ratings WHERE rater='tester'"
+    ).fetchone()
     assert row == ("features", unit, 4, 3, 2, 5, 0)
 
     # blind mode: the unit's identity shows only after saving, and matches the stored row

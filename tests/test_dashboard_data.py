@@ -33,8 +33,9 @@ def known_acts():
 
 
 def cfg(**over):
-    return DashboardConfig(**{"n_top": 3, "n_quantiles": 2, "per_quantile": 1, "histogram_bins": 5, "display_tokens": 4,
-                              "part_units": 2, **over})
+    return DashboardConfig(
+        **{"n_top": 3, "n_quantiles": 2, "per_quantile": 1, "histogram_bins": 5, "display_tokens": 4, "part_units": 2, **over}
+    )
 
 
 def test_statistics_and_records_have_the_known_values(tmp_path):
@@ -56,7 +57,9 @@ def test_statistics_and_records_have_the_known_values(tmp_path):
     assert set(quantile) == {"q1", "q2"} and quantile["q1"] in (6, 5, 4) and quantile["q2"] in (3, 2, 1, 0)
     # a 4-token window ending just after the maximum, with its tokens and values
     r7 = top[2]  # context 7: peak at position 7 -> window 4..7
-    assert r7["start"] == 4 and r7["tokens"] == ids[7, 4:8].tolist() and r7["acts"] == [-1.0, -1.0, -1.0, 8.0]  # neurons keep their sign
+    assert (
+        r7["start"] == 4 and r7["tokens"] == ids[7, 4:8].tolist() and r7["acts"] == [-1.0, -1.0, -1.0, 8.0]
+    )  # neurons keep their sign
     assert index["top_tokens"][0] == [int(ids[9, 1]), int(ids[8, 0]), int(ids[7, 7])]
     # histogram: 10 values 1..10 in 5 bins up to the max 10 -> [1,2],[3,4],... (10 falls in the last bin)
     assert n0["histogram"] == [1, 2, 2, 2, 3]

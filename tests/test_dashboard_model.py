@@ -76,10 +76,22 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
     data = DataConfig(source="wiki_offline", alias="wiki", context_length=64)
     sae_dir, feature, token = save_known_sae(bridge, tmp_path / "run" / "sae", data)
     common = [f"sae_path={sae_dir}"]  # its training config logs to CSV
-    proc = run_script("evaluate.py", [*common, "stage=dashboard", "dashboard.n_contexts=4", "dashboard.window=16",
-                                      "dashboard.batch_size=4", "dashboard.ablation_units=1", "dashboard.steering_units=1",
-                                      "dashboard.steering_tokens=2", "dashboard.steering_prompts=[The]",
-                                      "dashboard.part_units=600"], timeout=900)
+    proc = run_script(
+        "evaluate.py",
+        [
+            *common,
+            "stage=dashboard",
+            "dashboard.n_contexts=4",
+            "dashboard.window=16",
+            "dashboard.batch_size=4",
+            "dashboard.ablation_units=1",
+            "dashboard.steering_units=1",
+            "dashboard.steering_tokens=2",
+            "dashboard.steering_prompts=[The]",
+            "dashboard.part_units=600",
+        ],
+        timeout=900,
+    )
     assert "open it: file://" in proc.stdout
     eval_dir = tmp_path / "run" / "eval"
     site = eval_dir / "dashboard" / "site"
@@ -118,8 +130,12 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=300)
-        conn.request("POST", "/api/steer", json.dumps({"kind": "features", "unit": feature, "multiple": 5, "prompt": "The"}),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/api/steer",
+            json.dumps({"kind": "features", "unit": feature, "multiple": 5, "prompt": "The"}),
+            {"Content-Type": "application/json"},
+        )
         res = conn.getresponse()
         steered = json.loads(res.read())
         assert res.status == 200 and steered["value"] == pytest.approx(5.0)
@@ -134,8 +150,14 @@ def test_evaluate_stage_dashboard_and_rubric_report(model, tmp_path):
     from sae.interp.pipeline import sae_identity
 
     for kind, unit, score in (("features", feature, 5), ("features", 3, 3), ("neurons", 3, 1), ("neurons", 4, 2)):
-        rubric.insert(db, rubric.validate({"rater": "t", "kind": kind, "unit": unit, "scores": dict.fromkeys(rubric.CRITERIA, score)},
-                                          {"features": 1154, "neurons": 576}), sae_identity(sae_dir))
+        rubric.insert(
+            db,
+            rubric.validate(
+                {"rater": "t", "kind": kind, "unit": unit, "scores": dict.fromkeys(rubric.CRITERIA, score)},
+                {"features": 1154, "neurons": 576},
+            ),
+            sae_identity(sae_dir),
+        )
     db.commit()
     db.close()
     run_script("evaluate.py", [*common, "stage=rubric_report"], timeout=600)

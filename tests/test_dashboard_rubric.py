@@ -15,16 +15,18 @@ RATINGS = [
     ("features", 1, 4, 4, 4, 4),  # overall 4
     ("features", 2, 5, 5, 3, 3),  # overall 4
     ("features", 3, 2, 3, 1, 2),  # overall 2
-    ("neurons", 7, 1, 1, 0, 2),   # overall 1
-    ("neurons", 8, 2, 1, 1, 0),   # overall 1
+    ("neurons", 7, 1, 1, 0, 2),  # overall 1
+    ("neurons", 8, 2, 1, 1, 0),  # overall 1
 ]
 
 
 def fill(path):
     db = rubric.connect(path)
     for kind, unit, *scores in RATINGS:
-        rating = rubric.validate({"rater": "dev", "kind": kind, "unit": unit,
-                                  "scores": dict(zip(rubric.CRITERIA, scores, strict=False))}, {"features": 10, "neurons": 10})
+        rating = rubric.validate(
+            {"rater": "dev", "kind": kind, "unit": unit, "scores": dict(zip(rubric.CRITERIA, scores, strict=False))},
+            {"features": 10, "neurons": 10},
+        )
         rubric.insert(db, rating, sae="abc", blind=kind == "neurons")
     db.commit()
     db.close()

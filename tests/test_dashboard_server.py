@@ -41,14 +41,22 @@ def request(srv, method: str, path: str, body=None, headers=None):
 
 
 def rating(**over):
-    return {"rater": "ana", "kind": "features", "unit": 5,
-            "scores": {"confidence": 4, "activations": 3, "logits": 0, "specificity": 5}, "note": "fires on digits", **over}
+    return {
+        "rater": "ana",
+        "kind": "features",
+        "unit": 5,
+        "scores": {"confidence": 4, "activations": 3, "logits": 0, "specificity": 5},
+        "note": "fires on digits",
+        **over,
+    }
 
 
 def rows(root, where="1=1"):
     db = sqlite3.connect(root / "ratings.sqlite")
     try:
-        return db.execute(f"SELECT rater, kind, unit, confidence, activations, logits, specificity, note, blind FROM ratings WHERE {where}").fetchall()
+        return db.execute(
+            f"SELECT rater, kind, unit, confidence, activations, logits, specificity, note, blind FROM ratings WHERE {where}"
+        ).fetchall()
     finally:
         db.close()
 
@@ -59,8 +67,16 @@ def test_binds_localhost_and_serves_only_site_files(served):
     status, body = request(srv, "GET", "/")
     assert status == 200 and b"SAE feature browser" in body
     assert request(srv, "GET", "/data/features/index.js")[0] == 200
-    for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/data/../../secret.txt", "/..%2fsecret.txt",
-                 "/link.txt", "//etc/passwd", "/data/", "/../ratings.sqlite"):
+    for path in (
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/data/../../secret.txt",
+        "/..%2fsecret.txt",
+        "/link.txt",
+        "//etc/passwd",
+        "/data/",
+        "/../ratings.sqlite",
+    ):
         status, body = request(srv, "GET", path)
         assert status == 404, path
         assert b"outside the site" not in body
@@ -76,23 +92,26 @@ def test_valid_rating_is_committed_before_the_answer(served):
     assert rows(root, "rater='committed'") == [("committed", "features", 5, 4, 3, 0, 5, "fires on digits", 0)]
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (rating(unit=96), 400, "unit=96"),
-    (rating(unit=-1), 400, "unit=-1"),
-    (rating(unit="5"), 400, "unit="),
-    (rating(kind="heads"), 400, "kind="),
-    (rating(scores={"confidence": 6, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=6"),
-    (rating(scores={"confidence": 2.5, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=2.5"),
-    (rating(scores={"confidence": True, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=True"),
-    (rating(scores={"confidence": 2, "activations": 3, "logits": 0}), 400, "exactly"),
-    (rating(rater=""), 400, "rater"),
-    (rating(rater="x" * 65), 400, "rater"),
-    (rating(note="n" * 2001), 400, "note"),
-    (rating(blind_item=999999), 400, "blind_item=999999"),
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (json.dumps(rating(note="n" * 20000)).encode(), 413, "bytes"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (rating(unit=96), 400, "unit=96"),
+        (rating(unit=-1), 400, "unit=-1"),
+        (rating(unit="5"), 400, "unit="),
+        (rating(kind="heads"), 400, "kind="),
+        (rating(scores={"confidence": 6, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=6"),
+        (rating(scores={"confidence": 2.5, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=2.5"),
+        (rating(scores={"confidence": True, "activations": 3, "logits": 0, "specificity": 5}), 400, "scores.confidence=True"),
+        (rating(scores={"confidence": 2, "activations": 3, "logits": 0}), 400, "exactly"),
+        (rating(rater=""), 400, "rater"),
+        (rating(rater="x" * 65), 400, "rater"),
+        (rating(note="n" * 2001), 400, "note"),
+        (rating(blind_item=999999), 400, "blind_item=999999"),
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (json.dumps(rating(note="n" * 20000)).encode(), 413, "bytes"),
+    ],
+)
 def test_bad_ratings_get_a_clear_4xx_and_store_nothing(served, body, status, message):
     srv, root, _ = served
     before = rows(root)
@@ -128,7 +147,11 @@ def test_blind_queue_hides_identity_until_saved(served):
     kind, unit = queue[0]
     assert first["page"]["max_activation"] == pytest.approx(indices[kind]["max_activation"][unit], abs=1e-3)
 
-    body = {"rater": "bea", "blind_item": first["item"], "scores": {"confidence": 1, "activations": 2, "logits": 3, "specificity": 4}}
+    body = {
+        "rater": "bea",
+        "blind_item": first["item"],
+        "scores": {"confidence": 1, "activations": 2, "logits": 3, "specificity": 4},
+    }
     status, payload = request(srv, "POST", "/api/rating", body)
     assert status == 201 and (json.loads(payload)["kind"], json.loads(payload)["unit"]) == (kind, unit)
     assert rows(root, "rater='bea'") == [("bea", kind, unit, 1, 2, 3, 4, "", 1)]

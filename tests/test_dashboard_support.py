@@ -62,13 +62,26 @@ def save_known_sae(bridge, directory: Path, data: DataConfig, scale: float = 8.0
 
     sae, feature, token = known_sae(bridge, scale)
     mc = model_config()
-    provenance = {"model": mc.name, "layer": mc.layer, "hook": mc.hook, "hook_name": f"blocks.{mc.layer}.{mc.hook}",
-                  "train_config": {"model": asdict(mc), "data": asdict(data), "logger": {"kind": "csv"}}}
+    provenance = {
+        "model": mc.name,
+        "layer": mc.layer,
+        "hook": mc.hook,
+        "hook_name": f"blocks.{mc.layer}.{mc.hook}",
+        "train_config": {"model": asdict(mc), "data": asdict(data), "logger": {"kind": "csv"}},
+    }
     return save_sae(sae, directory, provenance), feature, token
 
 
-def write_synthetic_site(root: Path, n_features: int = 4608, d: int = 64, n_contexts: int = 120, window: int = 16,
-                         vocab: int = 2000, seed: int = 0, **settings):
+def write_synthetic_site(
+    root: Path,
+    n_features: int = 4608,
+    d: int = 64,
+    n_contexts: int = 120,
+    window: int = 16,
+    vocab: int = 2000,
+    seed: int = 0,
+    **settings,
+):
     """A site for a random SAE of `n_features` features over random activations (no language model):
     the real statistics, site writer and page, with token ids decoded by the real tokenizer."""
     from transformers import AutoTokenizer
@@ -83,13 +96,14 @@ def write_synthetic_site(root: Path, n_features: int = 4608, d: int = 64, n_cont
     torch.manual_seed(seed)
     sae = build_sae("relu", d, n_features)
     with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, n_features) / d ** 0.5)
+        sae.W_enc.copy_(torch.randn(d, n_features) / d**0.5)
         sae.b_enc.copy_(-1.2 - torch.rand(n_features))  # sparse, with a spread of densities
     token_ids = torch.randint(5, vocab, (n_contexts, window))
     acts = torch.randn(n_contexts, window, d)
     w_u = torch.randn(d, vocab)
-    cfg = DashboardConfig(**{"n_top": 6, "n_quantiles": 2, "per_quantile": 2, "part_units": 1024, "display_tokens": 12,
-                             **settings})
+    cfg = DashboardConfig(
+        **{"n_top": 6, "n_quantiles": 2, "per_quantile": 2, "part_units": 1024, "display_tokens": 12, **settings}
+    )
     store = DashboardStore(root / "data", {"synthetic": seed, "n": n_features})
     indices = {}
     for kind in cfg.units:
@@ -98,6 +112,7 @@ def write_synthetic_site(root: Path, n_features: int = 4608, d: int = 64, n_cont
         indices[kind] = build_units(space, token_ids, acts, bos_id=0, cfg=cfg, store=store, logits_fn=fn)
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     summary = {"sae_path": "random SAE", "hook": "synthetic", "model": "none", "metrics": {"l0": 12.5}}
-    write_site(store.root, root / "site", root, indices, tok.decode, summary, "synthetic", cfg.part_units,
-               root / "ratings.sqlite")
+    write_site(
+        store.root, root / "site", root, indices, tok.decode, summary, "synthetic", cfg.part_units, root / "ratings.sqlite"
+    )
     return root / "site", indices, cfg, tok

@@ -152,19 +152,37 @@ def _one_line_error(proc, *needles: str) -> None:
 
 def test_missing_or_wrong_sae_path_is_one_line(tmp_path):
     _one_line_error(run_script("evaluate.py", [], check=False, timeout=300), "sae_path is missing", "sae_path=<")
-    _one_line_error(run_script("evaluate.py", [f"sae_path={tmp_path / 'nothing'}"], check=False, timeout=300),
-                    "sae_path=", "no sae.safetensors")
+    _one_line_error(
+        run_script("evaluate.py", [f"sae_path={tmp_path / 'nothing'}"], check=False, timeout=300),
+        "sae_path=",
+        "no sae.safetensors",
+    )
 
 
 def test_openai_without_key_fails_before_any_work(tmp_path):
     """stage=all: the key is checked before the metrics stage and the records pass start."""
     run_dir = tmp_path / "run"
-    save_sae(SparseAutoencoder(8, 16), run_dir / "sae", {
-        "model": MODEL.name, "layer": 2, "hook": MODEL.hook, "hook_name": hook_name(MODEL),
-        "train_config": {"model": {"name": MODEL.name, "alias": "smollm2", "layer": 2},
-                         "data": {"source": "wiki_offline", "alias": "wiki"}}})
+    save_sae(
+        SparseAutoencoder(8, 16),
+        run_dir / "sae",
+        {
+            "model": MODEL.name,
+            "layer": 2,
+            "hook": MODEL.hook,
+            "hook_name": hook_name(MODEL),
+            "train_config": {
+                "model": {"name": MODEL.name, "alias": "smollm2", "layer": 2},
+                "data": {"source": "wiki_offline", "alias": "wiki"},
+            },
+        },
+    )
     env = {**script_env(), "SAE_TEST_NO_SUCH_KEY": ""}
-    proc = run_script("evaluate.py", [f"sae_path={run_dir}", "stage=all", "explainer=openai",
-                                      "explainer.api_key_env=SAE_TEST_NO_SUCH_KEY"], check=False, timeout=300, env=env)
+    proc = run_script(
+        "evaluate.py",
+        [f"sae_path={run_dir}", "stage=all", "explainer=openai", "explainer.api_key_env=SAE_TEST_NO_SUCH_KEY"],
+        check=False,
+        timeout=300,
+        env=env,
+    )
     _one_line_error(proc, "SAE_TEST_NO_SUCH_KEY", "explainer.api_key_env=null")
     assert not (run_dir / "eval" / "parts").exists() and not (run_dir / "eval" / "interp").exists()

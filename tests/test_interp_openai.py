@@ -35,12 +35,27 @@ def unit(u: int) -> UnitRecords:
     words = [" Paris", " is", " a", " city", " in", " France", " near", " the", " sea"]
     words = [f"{w}{u}" for w in words]  # each unit its own text, so its own questions
     rec = lambda k: Record(tokens=words[k : k + 3], acts=[float((u + k + j) % 3) for j in range(3)])  # noqa: E731
-    return UnitRecords(unit=u, max_activation=2.0, density=0.2, explain=[rec(0), rec(3)], top=[rec(1), rec(2)],
-                       random=[rec(4), rec(5)], quantiles=[])
+    return UnitRecords(
+        unit=u,
+        max_activation=2.0,
+        density=0.2,
+        explain=[rec(0), rec(3)],
+        top=[rec(1), rec(2)],
+        random=[rec(4), rec(5)],
+        quantiles=[],
+    )
 
 
 def backend(url: str, **kw) -> OpenAIBackend:
-    cfg = dict(kind="openai", model="scripted", base_url=url, api_key_env=None, max_retries=2, timeout_s=5, simulator="auto")
+    cfg = {
+        "kind": "openai",
+        "model": "scripted",
+        "base_url": url,
+        "api_key_env": None,
+        "max_retries": 2,
+        "timeout_s": 5,
+        "simulator": "auto",
+    }
     cfg.update(kw)
     return OpenAIBackend(ExplainerConfig(**cfg))
 
@@ -69,13 +84,16 @@ def test_rate_limit_is_retried_with_backoff(server):
     assert server.count("429once") == 2  # one 429, one retry that succeeded
 
 
-@pytest.mark.parametrize("mode, reason", [
-    ("500", r"server error \(500\).*after 1 retries"),
-    ("slow", r"timed out after 0.5s"),
-    ("garbage", r"malformed completion"),
-    ("truncated", r"truncated completion"),
-    ("nomodel", r"not found \(404\).*model 'scripted'"),
-])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("500", r"server error \(500\).*after 1 retries"),
+        ("slow", r"timed out after 0.5s"),
+        ("garbage", r"malformed completion"),
+        ("truncated", r"truncated completion"),
+        ("nomodel", r"not found \(404\).*model 'scripted'"),
+    ],
+)
 def test_failures_give_a_clear_reason(server, mode, reason):
     b = backend(server.url(mode), max_retries=1, timeout_s=0.5, simulator="integers")
     with pytest.raises(BackendError, match=reason):
@@ -152,7 +170,9 @@ def test_failed_units_are_marked_and_only_they_are_retried(server, tmp_path):
                 return backend(server.url("500"), max_retries=0).explain(records)
             return super().explain(records)
 
-    cfg = ExplainerConfig(kind="openai", model="scripted", base_url=server.url("ok"), api_key_env=None, simulator="integers", max_retries=0)
+    cfg = ExplainerConfig(
+        kind="openai", model="scripted", base_url=server.url("ok"), api_key_env=None, simulator="integers", max_retries=0
+    )
     b = Flaky(cfg)
     b.memo = ResultStore(tmp_path / "requests.jsonl")
     b.broken = True

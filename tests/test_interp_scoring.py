@@ -47,7 +47,7 @@ def ranks(x):
 
 def pearson_by_hand(a, b):
     ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=False))
     return cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
 
 
@@ -122,9 +122,15 @@ def test_constant_prediction_scores_zero_not_undefined():
 
 def _records(n_top=2, n_random=3):
     rec = lambda acts: Record(tokens=[f"t{i}" for i in range(len(acts))], acts=acts)  # noqa: E731
-    return UnitRecords(unit=7, max_activation=1.0, density=0.1, explain=[],
-                       top=[rec([0, 1, 2]) for _ in range(n_top)], random=[rec([0, 0, 1]) for _ in range(n_random)],
-                       quantiles=[rec([1, 0, 0])])
+    return UnitRecords(
+        unit=7,
+        max_activation=1.0,
+        density=0.1,
+        explain=[],
+        top=[rec([0, 1, 2]) for _ in range(n_top)],
+        random=[rec([0, 0, 1]) for _ in range(n_random)],
+        quantiles=[rec([1, 0, 0])],
+    )
 
 
 def test_splits_pool_tokens_across_records():
@@ -148,11 +154,15 @@ def test_summary_mean_and_bootstrap_interval():
 
 def test_token_pattern_baseline_explains_and_predicts():
     """A unit that fires on ' Paris', and on ' York' only after ' New': the baseline finds both."""
+
     def rec(tokens, acts):
         return Record(tokens=tokens, acts=acts)
-    explain = [rec([" I", " saw", " Paris", " and", " New", " York"], [0, 0, 1.0, 0, 0, 0.8]),
-               rec([" a", " York", " ham", " in", " Paris"], [0, 0, 0, 0, 0.9]),
-               rec([" New", " York", " is", " big"], [0, 0.7, 0, 0])]
+
+    explain = [
+        rec([" I", " saw", " Paris", " and", " New", " York"], [0, 0, 1.0, 0, 0, 0.8]),
+        rec([" a", " York", " ham", " in", " Paris"], [0, 0, 0, 0, 0.9]),
+        rec([" New", " York", " is", " big"], [0, 0.7, 0, 0]),
+    ]
     units = UnitRecords(unit=1, max_activation=1.0, density=0.1, explain=explain, top=[], random=[], quantiles=[])
     backend = TokenPatternBackend(ExplainerConfig(kind="token_pattern"))
     e = backend.explain(units)
@@ -176,8 +186,17 @@ def test_bad_config_values_name_the_field():
 
 def _result(unit, own, control):
     sim = lambda of, v: Simulated(of, "ok", "token_pattern", {"top_and_random": SplitScore(10, v, v)})  # noqa: E731
-    return UnitResult(unit=unit, method="m", explainer="m", density=0.1, max_activation=1.0, status="ok",
-                      explanation="x", own=sim(unit, own), control=sim(unit + 1, control))
+    return UnitResult(
+        unit=unit,
+        method="m",
+        explainer="m",
+        density=0.1,
+        max_activation=1.0,
+        status="ok",
+        explanation="x",
+        own=sim(unit, own),
+        control=sim(unit + 1, control),
+    )
 
 
 def test_own_and_control_are_averaged_over_the_same_units():
@@ -207,8 +226,18 @@ class _Tokenizer:
 @pytest.mark.parametrize("seed", range(5))
 def test_scored_windows_never_come_from_the_explained_contexts(seed):
     """Few contexts, many random windows: drawn from all contexts, some would repeat what the explainer saw."""
-    cfg = InterpConfig(n_features=1, n_contexts=12, window=10, n_explain=5, n_score_top=2, n_score_random=6,
-                       score_tokens=3, n_quantiles=2, per_quantile=2, seed=seed)
+    cfg = InterpConfig(
+        n_features=1,
+        n_contexts=12,
+        window=10,
+        n_explain=5,
+        n_score_top=2,
+        n_score_random=6,
+        score_tokens=3,
+        n_quantiles=2,
+        per_quantile=2,
+        seed=seed,
+    )
     records, skipped = build_records(_harvest(seed=seed), cfg, _Tokenizer(), explicit=True)
     (rec,) = records
     explained = {r.context for r in rec.explain}

@@ -24,7 +24,9 @@ def test_embedded_model_is_the_real_pretrained_smollm2(smollm2):
 def test_unknown_hook_lists_the_valid_ones(smollm2):
     with pytest.raises(ConfigError) as err:
         validate_hook(smollm2, ModelConfig(name="embedded:smollm2", alias="s", layer=2, hook="hook_mlp_outt"))
-    assert "model.hook='hook_mlp_outt'" in str(err.value) and "hook_mlp_out" in str(err.value) and "mlp.hook_post" in str(err.value)
+    assert (
+        "model.hook='hook_mlp_outt'" in str(err.value) and "hook_mlp_out" in str(err.value) and "mlp.hook_post" in str(err.value)
+    )
 
 
 def test_layer_out_of_range_names_the_range(smollm2):
@@ -49,8 +51,8 @@ def test_harvest_drops_bos_positions(smollm2):
 @pytest.mark.slow
 def test_random_weight_distilgpt2_shape_boots_and_harvests_its_last_mlp(tmp_path):
     """The slides' configuration (distilgpt2, last block's MLP) short of the pretrained weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
     config = GPT2Config(n_layer=6, n_embd=768, n_head=12, n_positions=1024, vocab_size=512)
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
@@ -59,7 +61,9 @@ def test_random_weight_distilgpt2_shape_boots_and_harvests_its_last_mlp(tmp_path
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     from tokenizers import trainers
 
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["The quick brown fox jumps over the lazy dog."] * 50, trainer)
     GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(tmp_path)
 

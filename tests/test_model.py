@@ -4,8 +4,9 @@ import torch
 
 from sae.architectures import ReLUSAE, ReLUSettings, geometric_median
 
-RECIPE_2024 = ReLUSettings(unit_norm_decoder=False, l1_weighted_by_decoder_norm=True, sum_squared_error=True,
-                           init_decoder_norm=0.1, tied_init=True)
+RECIPE_2024 = ReLUSettings(
+    unit_norm_decoder=False, l1_weighted_by_decoder_norm=True, sum_squared_error=True, init_decoder_norm=0.1, tied_init=True
+)
 
 
 def _train_step(sae, opt, x, l1):

@@ -35,11 +35,11 @@ def test_schedule_shapes():
     total = 1000
     warm = [l1_warmup_factor(s, total, 0.05) for s in range(total)]
     assert warm[0] == pytest.approx(1 / 50) and warm[24] == pytest.approx(0.5) and warm[49:] == [1.0] * (total - 49)
-    assert all(b >= a for a, b in zip(warm, warm[1:]))
+    assert all(b >= a for a, b in zip(warm, warm[1:], strict=False))
     lr = [lr_decay_factor(s, total, 0.2) for s in range(total)]
     assert lr[:800] == [1.0] * 800
     assert lr[900] == pytest.approx(0.5) and lr[-1] == pytest.approx(1 / 200)
-    assert all(b < a for a, b in zip(lr[800:], lr[801:]))
+    assert all(b < a for a, b in zip(lr[800:], lr[801:], strict=False))
 
 
 @pytest.mark.slow
@@ -88,9 +88,21 @@ def test_evaluate_end_to_end_and_resume(run_2023):
     first = run_script("evaluate.py", args)
     eval_dir = run_2023 / "eval"  # the training run's directory, found from its sae/ directory
     metrics = read_json(eval_dir / "metrics.json")
-    for key in ("reconstruction_score", "kl_score", "ce_clean", "ce_zero_ablated", "ce_reconstructed", "l0",
-                "explained_variance", "mse", "cosine_similarity", "norm_ratio", "dead_fraction", "ultralow_fraction",
-                "decoder_cosine_rest"):
+    for key in (
+        "reconstruction_score",
+        "kl_score",
+        "ce_clean",
+        "ce_zero_ablated",
+        "ce_reconstructed",
+        "l0",
+        "explained_variance",
+        "mse",
+        "cosine_similarity",
+        "norm_ratio",
+        "dead_fraction",
+        "ultralow_fraction",
+        "decoder_cosine_rest",
+    ):
         assert key in metrics, key
     assert metrics["ce_tokens"] == 2 * 63  # 128 tokens -> 2 contexts of 64, 63 predictions each
     assert metrics["density_tokens"] == 8000 and 0 < metrics["heldout_tokens"] <= 3000

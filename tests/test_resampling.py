@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from callbacks.resampling import NeuronResamplingCallback
-from sae.config import ResampleConfig, SAEConfig
 from sae.architectures import ReLUSAE as SparseAutoencoder
+from sae.config import ResampleConfig, SAEConfig
 from sae.module import SAETrainingModule
 from sae.resampling import ResampleSchedule, min_dead_window_tokens, resample_schedule, sample_by_loss_squared
 
@@ -48,8 +48,9 @@ def test_sampling_never_picks_inputs_the_sae_reconstructs_perfectly():
     perfect = sae.b_dec.detach().repeat(500, 1)
     bad = torch.randn(7, D) * 5
     batches = [torch.cat([perfect[:250], bad[:3]]), torch.cat([perfect[250:], bad[3:]])]
-    picked = sample_by_loss_squared(sae, batches, n_samples=7, n_inputs=10_000, l1_coefficient=1e-3,
-                                    generator=torch.Generator().manual_seed(0))
+    picked = sample_by_loss_squared(
+        sae, batches, n_samples=7, n_inputs=10_000, l1_coefficient=1e-3, generator=torch.Generator().manual_seed(0)
+    )
     assert sorted(map(tuple, picked.tolist())) == sorted(map(tuple, bad.tolist()))
 
 
@@ -82,8 +83,15 @@ def resampled():
 
     snapshot = _Snapshot()
     resampler = NeuronResamplingCallback(schedule, scoring_batches)
-    trainer = L.Trainer(max_steps=RESAMPLE_AT, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[snapshot, resampler], accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=RESAMPLE_AT,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[snapshot, resampler],
+        accelerator="cpu",
+    )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
     return module, trainer.optimizers[0], snapshot, resampler, mean
 
@@ -155,9 +163,18 @@ def test_a_rare_healthy_feature_is_kept_and_only_the_silent_one_is_resampled():
             counts.add_(outputs["fire_counts"].cpu())
 
     module = SAETrainingModule(sae, cfg, log_every_n_steps=10_000)
-    resampler = NeuronResamplingCallback(schedule, lambda step: (torch.rand(1024, d, generator=torch.Generator().manual_seed(step)) for _ in range(4)))
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Count(), resampler], accelerator="cpu")
+    resampler = NeuronResamplingCallback(
+        schedule, lambda step: (torch.rand(1024, d, generator=torch.Generator().manual_seed(step)) for _ in range(4))
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Count(), resampler],
+        accelerator="cpu",
+    )
     trainer.fit(module, train_dataloaders=DataLoader(list(stream()), batch_size=None))
     fired_0 = int(counts[0])
     assert 0.5 * density * batch * steps < fired_0 < 2 * density * batch * steps  # it really fired at ~1e-4

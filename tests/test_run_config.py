@@ -12,13 +12,18 @@ from sae.files import atomic_write_json, finite_or_none
 from sae.run_config import config_from_dict, run_configs
 
 SAVED = {
-    "d_in": 8, "n_features": 16, "model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out",
+    "d_in": 8,
+    "n_features": 16,
+    "model": "embedded:smollm2",
+    "layer": 2,
+    "hook": "hook_mlp_out",
     "train_config": {
         "model": {"name": "embedded:smollm2", "alias": "smollm2", "layer": 2, "hook": "hook_mlp_out", "dtype": "float32"},
         "data": {"source": "wiki_offline", "alias": "wiki", "context_length": 64, "a_field_from_another_version": 1},
         "activations": {"n_tokens": 20000},
         "logger": {"kind": "csv", "project": "p"},
-        "sae": {"seed": 3}, "run_name": "r",
+        "sae": {"seed": 3},
+        "run_name": "r",
     },
 }
 
@@ -26,7 +31,9 @@ SAVED = {
 def test_run_configs_from_cfg_json_with_overrides():
     run = run_configs(SAVED, {"model": {"dtype": "bfloat16"}, "data": {}, "logger": {"kind": "wandb"}})
     assert run.model.layer == 2 and run.model.dtype == "bfloat16"
-    assert run.data.context_length == 64 and run.data.holdout_every == DataConfig.__dataclass_fields__["holdout_every"].default  # unknown key dropped
+    assert (
+        run.data.context_length == 64 and run.data.holdout_every == DataConfig.__dataclass_fields__["holdout_every"].default
+    )  # unknown key dropped
     assert run.activations.n_tokens == 20000
     assert run.logger == LoggerConfig(kind="wandb", project="p")
     assert (run.seed, run.run_name) == (3, "r")

@@ -7,27 +7,50 @@ different results, and its report aggregates the two seeds of each lr.
 from __future__ import annotations
 
 import csv
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, read_json, run_script
 from safetensors.torch import load_file
 
-from conftest import TINY, read_json, run_script
 from sae.config import ConfigError
-from sae.run_identity import (RUN_CONFIG, check_checkpoint, claim_run_dir, identity_hash, number, run_label, run_name,
-                              tokens_label, training_identity)
+from sae.run_identity import (
+    RUN_CONFIG,
+    check_checkpoint,
+    claim_run_dir,
+    identity_hash,
+    number,
+    run_label,
+    run_name,
+    tokens_label,
+    training_identity,
+)
 
 
 def _cfg(**sae):
     return {
-        "model": {"name": "embedded:smollm2", "alias": "smollm2", "layer": 2, "hook": "hook_mlp_out", "dtype": "float32", "device": "auto"},
+        "model": {
+            "name": "embedded:smollm2",
+            "alias": "smollm2",
+            "layer": 2,
+            "hook": "hook_mlp_out",
+            "dtype": "float32",
+            "device": "auto",
+        },
         "data": {"source": "wiki_offline", "alias": "wiki", "context_length": 64},
         "activations": {"cache": True, "cache_dir": "/a", "n_tokens": 20000, "harvest_batch_size": 32},
-        "sae": {"recipe": "anthropic_2023", "expansion": 2, "l1_coefficient": 5e-3, "lr": 2.5e-4, "tokens": 51200, "seed": 0,
-                "betas": [0.9, 0.99], "resample": {"enabled": True, "n_inputs": 100}, **sae},
+        "sae": {
+            "recipe": "anthropic_2023",
+            "expansion": 2,
+            "l1_coefficient": 5e-3,
+            "lr": 2.5e-4,
+            "tokens": 51200,
+            "seed": 0,
+            "betas": [0.9, 0.99],
+            "resample": {"enabled": True, "n_inputs": 100},
+            **sae,
+        },
         "trainer": {"log_every_n_steps": 10, "checkpoint_every_n_steps": 50, "progress_bar": False},
         "logger": {"kind": "csv"},
     }
@@ -35,7 +58,16 @@ def _cfg(**sae):
 
 def test_numbers_in_names_are_exact():
     assert [number(v) for v in (2.5e-4, 3.5e-4, 3e-4, 1e-3, 1.5e-4, 5.0, 0.9, 0.05, 123456789.0)] == [
-        "2.5e-4", "3.5e-4", "3e-4", "1e-3", "1.5e-4", "5", "0.9", "0.05", "1.23456789e8"]
+        "2.5e-4",
+        "3.5e-4",
+        "3e-4",
+        "1e-3",
+        "1.5e-4",
+        "5",
+        "0.9",
+        "0.05",
+        "1.23456789e8",
+    ]
     assert [tokens_label(v) for v in (51200, 1_234_567, 2_000_000_000, 999)] == ["51.2k", "1.234567M", "2B", "999"]
 
 
@@ -43,8 +75,15 @@ def test_every_training_setting_changes_the_name_and_nothing_else_does():
     base = run_name(_cfg())
     assert base.startswith("anthropic_2023_x2_l1=5e-3_lr=2.5e-4_tok=51.2k_seed=0-")
     changed = [
-        _cfg(lr=3.5e-4), _cfg(seed=1), _cfg(betas=[0.9, 0.999]), _cfg(resample={"enabled": True, "n_inputs": 200}),
-        _cfg(batch_size=128), _cfg(dtype="bf16"), _cfg(k=32), _cfg(architecture="topk"), _cfg(some_future_field=1),
+        _cfg(lr=3.5e-4),
+        _cfg(seed=1),
+        _cfg(betas=[0.9, 0.999]),
+        _cfg(resample={"enabled": True, "n_inputs": 200}),
+        _cfg(batch_size=128),
+        _cfg(dtype="bf16"),
+        _cfg(k=32),
+        _cfg(architecture="topk"),
+        _cfg(some_future_field=1),
     ]
     for cfg in (_cfg(), _cfg()):  # deterministic
         assert run_name(cfg) == base
@@ -122,7 +161,9 @@ def test_colliding_values_make_distinct_runs_with_distinct_results(lr_seed_sweep
     sweep_dir, args, cache_dir, _ = lr_seed_sweep
     runs = sorted(p.parent for p in sweep_dir.glob("*/summary.json"))
     assert len(runs) == 4
-    settings = {(read_json(r / RUN_CONFIG)["identity"]["sae"]["lr"], read_json(r / RUN_CONFIG)["identity"]["sae"]["seed"]) for r in runs}
+    settings = {
+        (read_json(r / RUN_CONFIG)["identity"]["sae"]["lr"], read_json(r / RUN_CONFIG)["identity"]["sae"]["seed"]) for r in runs
+    }
     assert settings == {(2.5e-4, 0), (2.5e-4, 1), (3.5e-4, 0), (3.5e-4, 1)}
     assert all("_relu_x2_" in r.name and ("lr=2.5e-4" in r.name or "lr=3.5e-4" in r.name) for r in runs)
     weights = [load_file(r / "sae" / "sae.safetensors")["W_dec"] for r in runs]
@@ -133,7 +174,7 @@ def test_colliding_values_make_distinct_runs_with_distinct_results(lr_seed_sweep
     assert len({s["run_dir"] for s in summaries}) == 4
     assert len({(s["train/loss"], s["eval/l0"]) for s in summaries}) == 4
     for s in summaries:  # held-out statistics computed at the end of each run
-        assert s["eval/heldout_tokens"] >= 4000 and 0 < s["eval/l0"] and s["eval/explained_variance"] <= 1
+        assert s["eval/heldout_tokens"] >= 4000 and s["eval/l0"] > 0 and s["eval/explained_variance"] <= 1
 
     # The same command again skips all four, each reporting its own summary.
     before = {r: (r / "summary.json").read_text() for r in runs}

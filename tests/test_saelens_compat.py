@@ -27,8 +27,9 @@ def foreign_python(module: str) -> Path:
         pytest.skip(f"no SAELens environment at {SAELENS_PYTHON}: build it with `{BUILD}`")
     probe = subprocess.run([str(SAELENS_PYTHON), "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:
-        pytest.skip(f"{module} does not import in {SAELENS_PYTHON} ({probe.stderr.strip().splitlines()[-1:]}): "
-                    f"rebuild it with `{BUILD}`")
+        pytest.skip(
+            f"{module} does not import in {SAELENS_PYTHON} ({probe.stderr.strip().splitlines()[-1:]}): rebuild it with `{BUILD}`"
+        )
     return SAELENS_PYTHON
 
 
@@ -66,8 +67,19 @@ print(json.dumps({"version": sparsify.__version__, "class": type(sae).__name__, 
 
 def run_foreign(python: Path, snippet: str, export_dir: Path, x: torch.Tensor, tmp_path: Path) -> tuple[dict, dict]:
     save_file({"x": x.contiguous()}, tmp_path / "inputs.safetensors")
-    proc = subprocess.run([str(python), "-c", snippet, str(export_dir), str(tmp_path / "inputs.safetensors"),
-                           str(tmp_path / "outputs.safetensors")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(python),
+            "-c",
+            snippet,
+            str(export_dir),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "outputs.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(tmp_path / "outputs.safetensors")
 
@@ -90,9 +102,15 @@ def assert_matches_ours(sae, x: torch.Tensor, theirs: dict) -> None:
     torch.testing.assert_close(theirs["forward"], x_hat, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch,their_class,their_arch", [("relu", "StandardSAE", "standard"), ("topk", "TopKSAE", "topk"),
-                                                         ("batchtopk", "JumpReLUSAE", "jumprelu"),
-                                                         ("jumprelu", "JumpReLUSAE", "jumprelu")])
+@pytest.mark.parametrize(
+    "arch,their_class,their_arch",
+    [
+        ("relu", "StandardSAE", "standard"),
+        ("topk", "TopKSAE", "topk"),
+        ("batchtopk", "JumpReLUSAE", "jumprelu"),
+        ("jumprelu", "JumpReLUSAE", "jumprelu"),
+    ],
+)
 def test_saelens_loads_our_export_and_encodes_like_ours(tmp_path, arch, their_class, their_arch):
     python = foreign_python("sae_lens")
     sae, run_dir, x = exported_sae(tmp_path, arch)

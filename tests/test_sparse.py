@@ -95,6 +95,7 @@ def topk(k):
     def select(pre):
         top = pre.topk(k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
     return select
 
 
@@ -166,8 +167,14 @@ def test_adam_steps_with_resampling_give_the_same_weights():
 
 def train_through_the_module(cfg: SAEConfig, sae, batches) -> SAETrainingModule:
     module = SAETrainingModule(sae, cfg, log_every_n_steps=2)
-    trainer = L.Trainer(max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return module
 
@@ -224,16 +231,20 @@ def test_topk_architectures_get_the_same_gradients_from_the_sparse_kernel(cls, s
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             sae.before_optimizer_step_()
-            results[kernel] = (terms, {n: p.grad.clone() for n, p in sae.named_parameters()},
-                               {n: b.clone() for n, b in sae.named_buffers()})
+            results[kernel] = (
+                terms,
+                {n: p.grad.clone() for n, p in sae.named_parameters()},
+                {n: b.clone() for n, b in sae.named_buffers()},
+            )
         (sparse, sparse_grads, sparse_state), (dense, dense_grads, dense_state) = results["sparse"], results["dense"]
         assert not dense.sparse_path
         paths.append((sparse.sparse_path, float(dense.auxiliary.detach()) > 0))
         torch.testing.assert_close(sparse.features, dense.features, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sparse.total, dense.total, rtol=1e-5, atol=1e-6)
         for name in dense_grads:
-            torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6,
-                                       msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+            )
         for name in dense_state:
             torch.testing.assert_close(sparse_state[name], dense_state[name], msg=lambda m, name=name: f"{name}: {m}")
         opt.step()

@@ -2,16 +2,28 @@
 batches and resamples from the same inputs as an uninterrupted one (compared by its weights)."""
 
 import pytest
-
 from conftest import read_json, train_tiny
 from test_train import assert_same_run, kill_after_first_checkpoint
 
 # 30 steps, a checkpoint every 10; a strong L1, a high lr and a 2-step (512-token) window make resampling at
 # steps 15 and 25 fire, scoring the stream's next contexts.
-STREAMED = ["activations.cache=false", "activations.harvest_batch_size=8", "activations.buffer_tokens=2048", "logger=csv",
-            "sae.tokens=7680", "trainer.checkpoint_every_n_steps=10", "trainer.density_window_steps=10", "trainer.eval_tokens=0",
-            "sae.l1_coefficient=0.5", "sae.lr=1e-2", "sae.resample.n_inputs=2048", "sae.resample.healthy_density=1e-2",
-            "sae.resample.scale_to_run=false", "sae.resample.dead_window_tokens=512", "sae.resample.at_tokens=[3840,6400]"]
+STREAMED = [
+    "activations.cache=false",
+    "activations.harvest_batch_size=8",
+    "activations.buffer_tokens=2048",
+    "logger=csv",
+    "sae.tokens=7680",
+    "trainer.checkpoint_every_n_steps=10",
+    "trainer.density_window_steps=10",
+    "trainer.eval_tokens=0",
+    "sae.l1_coefficient=0.5",
+    "sae.lr=1e-2",
+    "sae.resample.n_inputs=2048",
+    "sae.resample.healthy_density=1e-2",
+    "sae.resample.scale_to_run=false",
+    "sae.resample.dead_window_tokens=512",
+    "sae.resample.at_tokens=[3840,6400]",
+]
 
 
 @pytest.mark.slow

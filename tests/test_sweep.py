@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
 import wandb_records
 from conftest import REPO, read_json, run_script
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 SWEEPS = ["smoke", "expansion", "lr_l1", "tokens", "slides", "seeds", "architectures"]
 
@@ -77,7 +76,13 @@ def _runs(sweep_dir: Path) -> list[Path]:
 @pytest.mark.slow
 def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
-    args = ["--multirun", "+sweep=smoke", "hydra/launcher=local", f"hydra.sweep.dir={sweep_dir}", f"activations.cache_dir={cache_dir}"]
+    args = [
+        "--multirun",
+        "+sweep=smoke",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"activations.cache_dir={cache_dir}",
+    ]
     run_script("train.py", args, timeout=1800)
 
     runs = _runs(sweep_dir)
@@ -96,7 +101,11 @@ def test_smoke_sweep_submitit_local_harvests_once_and_reports(tmp_path):
         cfg = read_json(run / "sae" / "cfg.json")["train_config"]
         tags = cfg["logger"]["tags"]
         assert cfg["logger"]["group"] == "smoke"
-        assert tags == ["sweep:smoke", f"x{cfg['sae']['expansion']}", f"l1={cfg['sae']['l1_coefficient']:.0e}".replace("e-0", "e-")]
+        assert tags == [
+            "sweep:smoke",
+            f"x{cfg['sae']['expansion']}",
+            f"l1={cfg['sae']['l1_coefficient']:.0e}".replace("e-0", "e-"),
+        ]
         assert wandb_run_record(run) == ("smoke", tags, cfg["run_name"])
 
     # The report, written by the Hydra callback when the multirun ended: a row per run, real metrics.
@@ -153,7 +162,7 @@ def _fake_run(sweep: Path, name: str, sae: dict, summary: dict) -> None:
     (run / "sae" / "cfg.json").write_text(json.dumps({"train_config": cfg}))
     (run / "sae" / "sae.safetensors").write_bytes(b"x")
     (run / "summary.json").write_text(json.dumps({"run_name": name, **summary}))
-    write_identity(run, {k: v for k, v in cfg.items()})
+    write_identity(run, dict(cfg.items()))
 
 
 def test_report_aggregates_seeds_by_hand(tmp_path):
@@ -163,10 +172,18 @@ def test_report_aggregates_seeds_by_hand(tmp_path):
     sweep = tmp_path / "sweep"
     base = {"recipe": "anthropic_2023", "expansion": 4, "l1_coefficient": 3e-3, "lr": 1e-3, "tokens": 1000}
     for seed, (l0, score) in enumerate([(10.0, 0.80), (12.0, 0.86), (14.0, 0.83)]):
-        _fake_run(sweep, f"a_seed={seed}-h{seed}", {**base, "seed": seed},
-                  {"eval/l0": l0, "train/l0": 99.0, "eval/reconstruction_score": score, "eval/explained_variance": 0.5})
-    _fake_run(sweep, "b_seed=0-hb", {**base, "l1_coefficient": 1e-2, "seed": 0},
-              {"eval/l0": 3.0, "eval/reconstruction_score": 0.7, "eval/explained_variance": 0.4})
+        _fake_run(
+            sweep,
+            f"a_seed={seed}-h{seed}",
+            {**base, "seed": seed},
+            {"eval/l0": l0, "train/l0": 99.0, "eval/reconstruction_score": score, "eval/explained_variance": 0.5},
+        )
+    _fake_run(
+        sweep,
+        "b_seed=0-hb",
+        {**base, "l1_coefficient": 1e-2, "seed": 0},
+        {"eval/l0": 3.0, "eval/reconstruction_score": 0.7, "eval/explained_variance": 0.4},
+    )
     report = build_report(sweep)
     rows = {r.run: r for r in report.rows}
     a = rows["a_seed=0-h0"]
@@ -196,8 +213,12 @@ def test_frontier_draws_one_curve_per_recipe(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
     for recipe, l1s in (("anthropic_2023", (1e-3, 1e-2)), ("anthropic_2024", (1.0, 5.0))):
         for i, l1 in enumerate(l1s):
-            _fake_run(sweep, f"{recipe}_{i}", {"recipe": recipe, "expansion": 4, "l1_coefficient": l1, "lr": 1e-3, "tokens": 1000, "seed": 0},
-                      {"eval/l0": 10.0 * (i + 1), "eval/reconstruction_score": 0.5 + 0.1 * i})
+            _fake_run(
+                sweep,
+                f"{recipe}_{i}",
+                {"recipe": recipe, "expansion": 4, "l1_coefficient": l1, "lr": 1e-3, "tokens": 1000, "seed": 0},
+                {"eval/l0": 10.0 * (i + 1), "eval/reconstruction_score": 0.5 + 0.1 * i},
+            )
     rows = collect(sweep)
     drawn, errorbar = [], plt.Axes.errorbar
 

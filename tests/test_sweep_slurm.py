@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from submitit.slurm.slurm import SlurmJobEnvironment
-
 from conftest import REPO, read_json, script_env
 from slurm_cluster import LocalSlurm, missing_programs
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +32,9 @@ def slurm():
     if shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
         pytest.skip("Slurm is not installed (apt-get install -y slurm-wlm munge slurmdbd mariadb-server)")
     missing = missing_programs()
-    assert not missing, f"Slurm is partly installed; missing {missing}: apt-get install -y slurm-wlm munge slurmdbd mariadb-server"
+    assert not missing, (
+        f"Slurm is partly installed; missing {missing}: apt-get install -y slurm-wlm munge slurmdbd mariadb-server"
+    )
     assert os.geteuid() == 0, "the Slurm test starts munged, MariaDB and the Slurm daemons, which needs root"
     cluster = LocalSlurm().start()
     yield cluster
@@ -52,11 +53,24 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float, pattern: str |
 def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     args = [
-        sys.executable, "train.py", "--multirun", "+sweep=smoke", "hydra/launcher=slurm",
-        "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=2",
-        "sae.expansion=1", "sae.l1_coefficient=3e-4,3e-3", f"sae.tokens={STEPS * 256}", "trainer.checkpoint_every_n_steps=25", "logger=csv",
-        f"hydra.sweep.dir={sweep_dir}", f"activations.cache_dir={cache_dir}",
+        sys.executable,
+        "train.py",
+        "--multirun",
+        "+sweep=smoke",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=null",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.max_num_timeout=2",
+        "sae.expansion=1",
+        "sae.l1_coefficient=3e-4,3e-3",
+        f"sae.tokens={STEPS * 256}",
+        "trainer.checkpoint_every_n_steps=25",
+        "logger=csv",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"activations.cache_dir={cache_dir}",
     ]
     log_path = tmp_path / "sweep.log"
     with open(log_path, "w") as log:
@@ -67,7 +81,9 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
             pattern = "smollm2-L2-hook_mlp_out_anthropic_2023_relu_x1_l1=3e-4_lr=1e-4_tok=76.8k_seed=0-*/checkpoints/last.ckpt"
             _wait_for(sweep_dir, proc, timeout=600, pattern=pattern)
             run0 = next(sweep_dir.glob(pattern)).parent.parent
-            array_id = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=slurm.env).stdout.split()[0]
+            array_id = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=slurm.env).stdout.split()[
+                0
+            ]
             subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", f"{array_id}_0"], check=True, env=slurm.env)
             proc.wait(timeout=900)
         finally:
@@ -78,8 +94,9 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
 
     # Slurm requeued job 0 once (submitit's handler, not Lightning's own SLURM requeue, which would leave an
     # hpc_ckpt_*.ckpt); its second attempt resumed from the checkpoint in the same directory.
-    history = subprocess.run(["sacct", "-n", "-X", "-D", "-j", f"{array_id}_0", "-o", "State"], capture_output=True,
-                             text=True, env=slurm.env).stdout.split()
+    history = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-j", f"{array_id}_0", "-o", "State"], capture_output=True, text=True, env=slurm.env
+    ).stdout.split()
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
     job0_logs = "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit").glob(f"{array_id}_0*/*_log.*"))
     assert "Job has timed out" in job0_logs and "remaining timeouts)" in job0_logs  # submitit requeued it

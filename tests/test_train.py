@@ -9,12 +9,12 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO, TINY, read_json, script_env, train_tiny
+from safetensors.torch import load_file
+from wandb_records import history, run_file
+
 from sae import load_sae
 from sae.io import WEIGHTS
-from wandb_records import history, run_file
 
 
 @pytest.mark.slow
@@ -52,16 +52,27 @@ def test_train_end_to_end_loss_falls_checkpoint_loads_and_wandb_has_the_histogra
 
 # Resampling that really fires, at steps on both sides of the checkpoints: a strong L1 kills features;
 # a 1,536-token (6-step) window, allowed by a healthy density of 2e-3; events at steps 60, 120 and 160.
-RESAMPLING = ["logger=csv", "sae.l1_coefficient=0.05", "sae.resample.healthy_density=2e-3", "sae.resample.scale_to_run=false",
-              "sae.resample.dead_window_tokens=1536",
-              "sae.resample.at_tokens=[15360,30720,40960]"]
+RESAMPLING = [
+    "logger=csv",
+    "sae.l1_coefficient=0.05",
+    "sae.resample.healthy_density=2e-3",
+    "sae.resample.scale_to_run=false",
+    "sae.resample.dead_window_tokens=1536",
+    "sae.resample.at_tokens=[15360,30720,40960]",
+]
 
 
 def kill_after_first_checkpoint(run_dir, activation_cache_dir, *extra: str) -> int:
     """Start the run, SIGKILL it as soon as its first checkpoint exists; return the checkpoint's step."""
     args = [*TINY, *extra, f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 900
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:

@@ -54,11 +54,27 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]}") from None
 
 
-def build_sae(name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None,
-              k: int | None = None) -> SparseAutoencoder:
+def build_sae(
+    name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None, k: int | None = None
+) -> SparseAutoencoder:
     return get_architecture(name)(d_in, n_features, build_settings(name, settings, k))
 
 
-__all__ = ["ARCHITECTURES", "BatchTopKSAE", "BatchTopKSettings", "JumpReLUSAE", "JumpReLUSettings", "LossTerms", "ReLUSAE",
-           "ReLUSettings", "SparseAutoencoder", "TopKSAE", "TopKSettings", "UnknownArchitecture", "build_sae", "build_settings",
-           "geometric_median", "get_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "BatchTopKSAE",
+    "BatchTopKSettings",
+    "JumpReLUSAE",
+    "JumpReLUSettings",
+    "LossTerms",
+    "ReLUSAE",
+    "ReLUSettings",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "TopKSettings",
+    "UnknownArchitecture",
+    "build_sae",
+    "build_settings",
+    "geometric_median",
+    "get_architecture",
+]

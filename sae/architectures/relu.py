@@ -74,8 +74,9 @@ class ReLUSAE(SparseAutoencoder):
         reconstruction, l1 = self.per_input_loss(x, step.x_hat, step.features)
         reconstruction, l1 = reconstruction.mean(), l1.mean()
         zero = reconstruction.new_zeros(())
-        return LossTerms(reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, step.x_hat, step.features,
-                         step.sparse)
+        return LossTerms(
+            reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, step.x_hat, step.features, step.sparse
+        )
 
     def before_optimizer_step_(self) -> None:
         if self.settings.unit_norm_decoder:

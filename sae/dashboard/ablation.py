@@ -38,8 +38,9 @@ def spliced_logprobs(bridge, hook: str, space: UnitSpace, tokens: torch.Tensor, 
 
 
 @torch.no_grad()
-def ablation_effect(bridge, hook: str, space: UnitSpace, unit: int, tokens: torch.Tensor, fires: torch.Tensor,
-                    bos_id: int, k: int) -> dict | None:
+def ablation_effect(
+    bridge, hook: str, space: UnitSpace, unit: int, tokens: torch.Tensor, fires: torch.Tensor, bos_id: int, k: int
+) -> dict | None:
     """`tokens` [n, T] start with BOS; `fires` [n, T] is True where the unit is active. The prediction
     made at a firing position is compared with and without the unit. None when it never fires there."""
     mask = fires[:, :-1].bool()  # the last position has no next token to score

@@ -31,10 +31,26 @@ from sae.dashboard.units import UnitSpace
 
 FORMAT = 1
 # Settings that change the stored data (the server-only and blind settings do not).
-DATA_SETTINGS = ("n_contexts", "window", "n_top", "n_quantiles", "per_quantile", "histogram_bins", "n_logits",
-                 "part_units", "ablation_units", "ablation_contexts", "ablation_tokens", "steering_units",
-                 "steering_multiple", "steering_prompts", "steering_tokens", "steering_temperature", "seed",
-                 "display_tokens")
+DATA_SETTINGS = (
+    "n_contexts",
+    "window",
+    "n_top",
+    "n_quantiles",
+    "per_quantile",
+    "histogram_bins",
+    "n_logits",
+    "part_units",
+    "ablation_units",
+    "ablation_contexts",
+    "ablation_tokens",
+    "steering_units",
+    "steering_multiple",
+    "steering_prompts",
+    "steering_tokens",
+    "steering_temperature",
+    "seed",
+    "display_tokens",
+)
 
 
 def write_json(path: Path, obj) -> None:
@@ -64,15 +80,21 @@ class DashboardStore:
 
 
 def identity(cfg: DashboardConfig, sae_id: str, hook: str, data_cfg) -> dict:
-    return {"format": FORMAT, "sae": sae_id, "hook": hook, "data": asdict(data_cfg),
-            "settings": {k: getattr(cfg, k) for k in DATA_SETTINGS if hasattr(cfg, k)}}
+    return {
+        "format": FORMAT,
+        "sae": sae_id,
+        "hook": hook,
+        "data": asdict(data_cfg),
+        "settings": {k: getattr(cfg, k) for k in DATA_SETTINGS if hasattr(cfg, k)},
+    }
 
 
 # ---------------------------------------------------------------- the held-out pass
 
 
-def heldout_pass(store: DashboardStore, bridge_fn: Callable, hook: str, layer: int, data_cfg, cfg: DashboardConfig,
-                 bos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_pass(
+    store: DashboardStore, bridge_fn: Callable, hook: str, layer: int, data_cfg, cfg: DashboardConfig, bos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [N, T] (BOS stripped) and the hooked activations [N, T, d], saved once."""
     path = store.path("heldout.safetensors")
     if path.exists():
@@ -81,8 +103,9 @@ def heldout_pass(store: DashboardStore, bridge_fn: Callable, hook: str, layer: i
     from sae.interp.config import InterpConfig
     from sae.interp.records import harvest
 
-    pass_cfg = InterpConfig(n_contexts=cfg.n_contexts, window=cfg.window, batch_size=cfg.batch_size, n_score_random=0,
-                            score_tokens=1)
+    pass_cfg = InterpConfig(
+        n_contexts=cfg.n_contexts, window=cfg.window, batch_size=cfg.batch_size, n_score_random=0, score_tokens=1
+    )
     h = harvest(bridge_fn(), hook, layer, lambda x: x, [], data_cfg, pass_cfg, bos_id)
     tmp = path.with_suffix(".tmp")
     save_file({"token_ids": h.token_ids.contiguous(), "acts": h.acts.float().contiguous()}, tmp)
@@ -150,8 +173,15 @@ def window_starts(rows: np.ndarray, length: int) -> np.ndarray:
     return np.clip(peak - (length - 4), 0, rows.shape[1] - length)
 
 
-def second_pass(space: UnitSpace, token_ids, acts, bos_id: int, cfg: DashboardConfig, maxima: torch.Tensor,
-                chosen: list[list[tuple[int, str]]]) -> tuple[torch.Tensor, np.ndarray]:
+def second_pass(
+    space: UnitSpace,
+    token_ids,
+    acts,
+    bos_id: int,
+    cfg: DashboardConfig,
+    maxima: torch.Tensor,
+    chosen: list[list[tuple[int, str]]],
+) -> tuple[torch.Tensor, np.ndarray]:
     """Activation histograms [U, bins] (positive values, bins up to each unit's max) and the rows
     [R, T] of every chosen (unit, context), in the order of `chosen`."""
     U, bins = space.n_units, cfg.histogram_bins
@@ -172,8 +202,15 @@ def second_pass(space: UnitSpace, token_ids, acts, bos_id: int, cfg: DashboardCo
     return hist.view(U, bins), rows
 
 
-def build_units(space: UnitSpace, token_ids, acts, bos_id: int, cfg: DashboardConfig, store: DashboardStore,
-                logits_fn: Optional[Callable[[list[int]], list[dict]]]) -> dict:
+def build_units(
+    space: UnitSpace,
+    token_ids,
+    acts,
+    bos_id: int,
+    cfg: DashboardConfig,
+    store: DashboardStore,
+    logits_fn: Optional[Callable[[list[int]], list[dict]]],
+) -> dict:
     """All parts of one unit kind (skipped when stored) and its index; returns the index."""
     kind = space.kind
     n_parts = -(-space.n_units // cfg.part_units)
@@ -204,19 +241,43 @@ def build_units(space: UnitSpace, token_ids, acts, bos_id: int, cfg: DashboardCo
             records, tops = [], []
             for c, group in chosen[u]:
                 st = int(starts[r])
-                records.append({"group": group, "context": c, "start": st, "max": float(row_max[r]),
-                                "tokens": ids[c, st : st + L].tolist(), "acts": shown[r, st : st + L].tolist()})
+                records.append(
+                    {
+                        "group": group,
+                        "context": c,
+                        "start": st,
+                        "max": float(row_max[r]),
+                        "tokens": ids[c, st : st + L].tolist(),
+                        "acts": shown[r, st : st + L].tolist(),
+                    }
+                )
                 if group == "top":
                     tops.append(int(ids[c, peaks[r]]))
                 r += 1
             top_tokens.append(list(dict.fromkeys(tops))[:5])
-            out.append({"unit": u, "density": density[u], "max_activation": float(maxima[u]), "mean_activation": mean_act[u],
-                        "fired_contexts": int(fired_ctx[u]), "histogram": hist_rows[u], "records": records,
-                        "logits": lw})
+            out.append(
+                {
+                    "unit": u,
+                    "density": density[u],
+                    "max_activation": float(maxima[u]),
+                    "mean_activation": mean_act[u],
+                    "fired_contexts": int(fired_ctx[u]),
+                    "histogram": hist_rows[u],
+                    "records": records,
+                    "logits": lw,
+                }
+            )
         write_json(store.path(kind, f"part_{p:04d}.json"), out)
-    index = {"kind": kind, "n_units": space.n_units, "n_tokens": s["n_tokens"], "density": density,
-             "max_activation": [round(float(v), 4) for v in maxima], "mean_activation": [round(v, 4) for v in mean_act],
-             "fired_contexts": fired_ctx, "top_tokens": top_tokens}
+    index = {
+        "kind": kind,
+        "n_units": space.n_units,
+        "n_tokens": s["n_tokens"],
+        "density": density,
+        "max_activation": [round(float(v), 4) for v in maxima],
+        "mean_activation": [round(v, 4) for v in mean_act],
+        "fired_contexts": fired_ctx,
+        "top_tokens": top_tokens,
+    }
     write_json(index_path, index)
     return index
 
@@ -236,8 +297,9 @@ def sample_firing(index: dict, n: Optional[int], seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(firing, size=n, replace=False).tolist())
 
 
-def build_ablations(space: UnitSpace, bridge, hook: str, token_ids, acts, bos_id: int, cfg: DashboardConfig,
-                    store: DashboardStore, index: dict) -> None:
+def build_ablations(
+    space: UnitSpace, bridge, hook: str, token_ids, acts, bos_id: int, cfg: DashboardConfig, store: DashboardStore, index: dict
+) -> None:
     """Ablation effects of the chosen units, one file per part (resumable)."""
     units = sample_firing(index, cfg.ablation_units, cfg.seed)
     by_part: dict[int, list[int]] = {}
@@ -260,8 +322,9 @@ def build_ablations(space: UnitSpace, bridge, hook: str, token_ids, acts, bos_id
         write_json(path, out)
 
 
-def build_steering(space: UnitSpace, bridge, hook: str, bos_id: int, cfg: DashboardConfig, store: DashboardStore,
-                   index: dict) -> None:
+def build_steering(
+    space: UnitSpace, bridge, hook: str, bos_id: int, cfg: DashboardConfig, store: DashboardStore, index: dict
+) -> None:
     from sae.dashboard.steering import pinned_samples
 
     path = store.path(space.kind, "steering.json")
@@ -270,8 +333,18 @@ def build_steering(space: UnitSpace, bridge, hook: str, bos_id: int, cfg: Dashbo
         if str(u) in done:
             continue
         value = cfg.steering_multiple * index["max_activation"][u]
-        samples = pinned_samples(bridge, hook, space, u, value, list(cfg.steering_prompts), cfg.steering_tokens,
-                                 cfg.steering_temperature, cfg.seed, bos_id)
+        samples = pinned_samples(
+            bridge,
+            hook,
+            space,
+            u,
+            value,
+            list(cfg.steering_prompts),
+            cfg.steering_tokens,
+            cfg.steering_temperature,
+            cfg.seed,
+            bos_id,
+        )
         done[str(u)] = {"multiple": cfg.steering_multiple, "value": value, "samples": samples}
         write_json(path, done)  # after every unit: an interrupted run keeps what it finished
 

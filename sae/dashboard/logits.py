@@ -13,9 +13,11 @@ from typing import Optional
 
 import torch
 
-NORM_NOTE = ("Direct path only: decoder direction × final norm scale γ × unembedding W_U. The final norm's "
-             "division by the residual norm is ignored (a positive factor per position: it rescales logits "
-             "without reordering them); later layers are ignored.")
+NORM_NOTE = (
+    "Direct path only: decoder direction × final norm scale γ × unembedding W_U. The final norm's "
+    "division by the residual norm is ignored (a positive factor per position: it rescales logits "
+    "without reordering them); later layers are ignored."
+)
 
 
 def final_norm_scale(bridge) -> Optional[torch.Tensor]:
@@ -35,8 +37,9 @@ def unembedding(bridge) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_weights(directions: torch.Tensor, w_u: torch.Tensor, gamma: Optional[torch.Tensor], k: int,
-                  chunk: int = 1024) -> list[dict]:
+def logit_weights(
+    directions: torch.Tensor, w_u: torch.Tensor, gamma: Optional[torch.Tensor], k: int, chunk: int = 1024
+) -> list[dict]:
     """Per direction: the k most promoted and k most suppressed token ids with their logit weights."""
     out = []
     for i in range(0, len(directions), chunk):
@@ -49,5 +52,10 @@ def logit_weights(directions: torch.Tensor, w_u: torch.Tensor, gamma: Optional[t
         ti, tv = top.indices.tolist(), top.values.round(decimals=4).tolist()
         bi, bv = bottom.indices.tolist(), (-bottom.values).round(decimals=4).tolist()
         for j in range(len(d)):
-            out.append({"promoted": [list(x) for x in zip(ti[j], tv[j], strict=False)], "suppressed": [list(x) for x in zip(bi[j], bv[j], strict=False)]})
+            out.append(
+                {
+                    "promoted": [list(x) for x in zip(ti[j], tv[j], strict=False)],
+                    "suppressed": [list(x) for x in zip(bi[j], bv[j], strict=False)],
+                }
+            )
     return out

@@ -21,15 +21,38 @@ MAX_RATER = 64
 MAX_NOTE = 2000
 # What each level means; shown beside the form and in the report.
 ANCHORS = {
-    "confidence": ["no idea what it does", "a vague guess", "a pattern with many exceptions",
-                   "a plausible explanation", "confident in a clear explanation", "certain: a precise explanation"],
-    "activations": ["the activations contradict the explanation", "few activations fit it", "about half fit it",
-                    "most fit it", "nearly all fit it", "all fit it, and stronger activations are clearer cases"],
-    "logits": ["the promoted tokens are unrelated to the explanation (or none are shown)", "a few related tokens",
-               "some related tokens among noise", "mostly related", "clearly what the explanation predicts",
-               "exactly the tokens the explanation predicts"],
-    "specificity": ["fires on almost everything, no common thread", "many unrelated contexts", "a broad category",
-                    "a fairly narrow category", "a narrow category with rare exceptions", "only the explained thing"],
+    "confidence": [
+        "no idea what it does",
+        "a vague guess",
+        "a pattern with many exceptions",
+        "a plausible explanation",
+        "confident in a clear explanation",
+        "certain: a precise explanation",
+    ],
+    "activations": [
+        "the activations contradict the explanation",
+        "few activations fit it",
+        "about half fit it",
+        "most fit it",
+        "nearly all fit it",
+        "all fit it, and stronger activations are clearer cases",
+    ],
+    "logits": [
+        "the promoted tokens are unrelated to the explanation (or none are shown)",
+        "a few related tokens",
+        "some related tokens among noise",
+        "mostly related",
+        "clearly what the explanation predicts",
+        "exactly the tokens the explanation predicts",
+    ],
+    "specificity": [
+        "fires on almost everything, no common thread",
+        "many unrelated contexts",
+        "a broad category",
+        "a fairly narrow category",
+        "a narrow category with rare exceptions",
+        "only the explained thing",
+    ],
 }
 KINDS = ("features", "neurons")
 
@@ -87,8 +110,17 @@ def insert(db: sqlite3.Connection, rating: dict, sae: str, blind: bool = False) 
     cur = db.execute(
         "INSERT INTO ratings (rater, kind, unit, sae, confidence, activations, logits, specificity, note, blind, created)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (rating["rater"], rating["kind"], rating["unit"], sae, *(rating[c] for c in CRITERIA), rating["note"],
-         int(blind), time.time()))
+        (
+            rating["rater"],
+            rating["kind"],
+            rating["unit"],
+            sae,
+            *(rating[c] for c in CRITERIA),
+            rating["note"],
+            int(blind),
+            time.time(),
+        ),
+    )
     return int(cur.lastrowid)
 
 
@@ -153,8 +185,11 @@ def markdown_table(summary: dict) -> str:
     head = "| units | ratings (blind) | " + " | ".join(CRITERIA) + " | overall |\n"
     head += "|---" * (len(CRITERIA) + 3) + "|\n"
     for kind, e in summary.items():
-        head += (f"| {kind} | {e['overall']['n']} ({e['n_blind']}) | " + " | ".join(_fmt(e[c]) for c in CRITERIA)
-                 + f" | {_fmt(e['overall'])} |\n")
+        head += (
+            f"| {kind} | {e['overall']['n']} ({e['n_blind']}) | "
+            + " | ".join(_fmt(e[c]) for c in CRITERIA)
+            + f" | {_fmt(e['overall'])} |\n"
+        )
     return head + "\nMean score 0-5 with its 95% confidence interval (Student's t).\n"
 
 
@@ -169,7 +204,9 @@ def plot_histogram(summary: dict, path: Path) -> Path:
     for kind, colour in zip(KINDS, ("tab:blue", "tab:orange"), strict=False):
         vals = summary[kind]["overall_values"]
         if vals:
-            ax.hist(vals, bins=bins, alpha=0.6, color=colour, label=f"{kind} (n={len(vals)}, mean {_fmt(summary[kind]['overall'])})")
+            ax.hist(
+                vals, bins=bins, alpha=0.6, color=colour, label=f"{kind} (n={len(vals)}, mean {_fmt(summary[kind]['overall'])})"
+            )
     ax.set_xlabel("rubric score (mean of the four criteria, 0-5)")
     ax.set_ylabel("units")
     ax.set_title("How interpretable is the typical unit? (manual rubric)")
@@ -198,16 +235,22 @@ def report(db_path: Path, out_dir: Path, sae: Optional[str] = None, logger_cfg=N
 def log(summary: dict, png: Path, out_dir: Path, logger_cfg, run_name: str) -> None:
     from sae.run_logger import build_logger
 
-    numbers = {f"rubric/{kind}/{c}_{k}": e[c][k] for kind, e in summary.items() for c in (*CRITERIA, "overall")
-               for k in ("mean", "n")}
+    numbers = {
+        f"rubric/{kind}/{c}_{k}": e[c][k] for kind, e in summary.items() for c in (*CRITERIA, "overall") for k in ("mean", "n")
+    }
     numbers = {k: v for k, v in numbers.items() if v is not None}
     logger = build_logger(logger_cfg, out_dir, run_name, {"rubric": True}, job_type="rubric")
     if type(logger).__name__ == "WandbLogger":
         import wandb
 
-        table = wandb.Table(columns=["units", "criterion", "n", "mean", "ci_low", "ci_high"],
-                            data=[[kind, c, e[c]["n"], e[c]["mean"], *(e[c]["ci95"] or [None, None])]
-                                  for kind, e in summary.items() for c in (*CRITERIA, "overall")])
+        table = wandb.Table(
+            columns=["units", "criterion", "n", "mean", "ci_low", "ci_high"],
+            data=[
+                [kind, c, e[c]["n"], e[c]["mean"], *(e[c]["ci95"] or [None, None])]
+                for kind, e in summary.items()
+                for c in (*CRITERIA, "overall")
+            ],
+        )
         logger.experiment.summary.update(numbers)
         logger.experiment.log({**numbers, "rubric/table": table, "rubric/histogram": wandb.Image(str(png))})
         logger.experiment.finish()

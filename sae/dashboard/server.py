@@ -141,8 +141,17 @@ class Handler(SimpleHTTPRequestHandler):
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, site: Path, db_path: Path, host: str = "127.0.0.1", port: int = 0, steerer: Optional[Steerer] = None,
-                 blind_per_kind: int = 20, seed: int = 0, verbose: bool = False):
+    def __init__(
+        self,
+        site: Path,
+        db_path: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        steerer: Optional[Steerer] = None,
+        blind_per_kind: int = 20,
+        seed: int = 0,
+        verbose: bool = False,
+    ):
         self.site = Path(site).resolve()
         if not (self.site / "index.html").is_file():
             raise FileNotFoundError(f"{self.site} has no index.html: write the site first (evaluate.py stage=dashboard).")
@@ -169,7 +178,9 @@ class DashboardServer(ThreadingHTTPServer):
                 if blind_item is not None:
                     if not isinstance(blind_item, int) or isinstance(blind_item, bool):
                         raise rubric.RatingError("blind_item must be the integer the blind queue gave")
-                    row = db.execute("SELECT rater, kind, unit, rating_id FROM blind_queue WHERE id = ?", (blind_item,)).fetchone()
+                    row = db.execute(
+                        "SELECT rater, kind, unit, rating_id FROM blind_queue WHERE id = ?", (blind_item,)
+                    ).fetchone()
                     if row is None:
                         raise rubric.RatingError(f"blind_item={blind_item} is not in the blind queue")
                     if row[3] is not None:
@@ -201,12 +212,17 @@ class DashboardServer(ThreadingHTTPServer):
                         pool = self.data.firing[kind]
                         items += [(kind, u) for u in rng.sample(pool, min(self.blind_per_kind, len(pool)))]
                     rng.shuffle(items)
-                    db.executemany("INSERT INTO blind_queue (rater, position, kind, unit) VALUES (?,?,?,?)",
-                                   [(rater, i, k, u) for i, (k, u) in enumerate(items)])
+                    db.executemany(
+                        "INSERT INTO blind_queue (rater, position, kind, unit) VALUES (?,?,?,?)",
+                        [(rater, i, k, u) for i, (k, u) in enumerate(items)],
+                    )
                     db.commit()
                 total = db.execute("SELECT COUNT(*) FROM blind_queue WHERE rater = ?", (rater,)).fetchone()[0]
-                row = db.execute("SELECT id, position, kind, unit FROM blind_queue WHERE rater = ? AND rating_id IS NULL"
-                                 " ORDER BY position LIMIT 1", (rater,)).fetchone()
+                row = db.execute(
+                    "SELECT id, position, kind, unit FROM blind_queue WHERE rater = ? AND rating_id IS NULL"
+                    " ORDER BY position LIMIT 1",
+                    (rater,),
+                ).fetchone()
             finally:
                 db.close()
         if row is None:

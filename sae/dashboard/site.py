@@ -61,9 +61,12 @@ def interp_columns(eval_dir: Path, kind: str) -> dict[int, dict]:
             continue
         split = next((k for k in ("top_and_random", "random_only", "quantiles") if k in row), None)
         out[int(row["unit"])] = {
-            "explanation": row.get("explanation", ""), "method": row.get("method"), "split": split,
+            "explanation": row.get("explanation", ""),
+            "method": row.get("method"),
+            "split": split,
             "spearman": (row.get(split) or {}).get("spearman") if split else None,
-            "control_spearman": (row.get(f"control_{split}") or {}).get("spearman") if split else None}
+            "control_spearman": (row.get(f"control_{split}") or {}).get("spearman") if split else None,
+        }
     return out
 
 
@@ -77,8 +80,17 @@ def _finite(x):
     return x
 
 
-def write_site(store_root: Path, site: Path, eval_dir: Path, indices: dict[str, dict], tokenizer_decode,
-               summary: dict, sae_id: str, part_units: int, ratings_db: Optional[Path] = None) -> Path:
+def write_site(
+    store_root: Path,
+    site: Path,
+    eval_dir: Path,
+    indices: dict[str, dict],
+    tokenizer_decode,
+    summary: dict,
+    sae_id: str,
+    part_units: int,
+    ratings_db: Optional[Path] = None,
+) -> Path:
     """Write (or refresh) the site from the stored feature data; returns index.html."""
     site.mkdir(parents=True, exist_ok=True)
     copy_static(site)
@@ -107,13 +119,23 @@ def write_site(store_root: Path, site: Path, eval_dir: Path, indices: dict[str, 
         columns["explanation"] = {str(u): v["explanation"] for u, v in interp.items()}
         columns["spearman"] = {str(u): v["spearman"] for u, v in interp.items()}
         columns["rubric"] = {str(u): v for u, v in ratings.get(kind, {}).items()}
-        write_text(site / "data" / kind / "index.js",
-                   js_call("index", kind, _finite({"n_units": index["n_units"], "n_tokens": index["n_tokens"],
-                                                   "part_units": part_units, **columns})))
+        write_text(
+            site / "data" / kind / "index.js",
+            js_call(
+                "index",
+                kind,
+                _finite({"n_units": index["n_units"], "n_tokens": index["n_tokens"], "part_units": part_units, **columns}),
+            ),
+        )
         kinds.append(kind)
     vocab = {str(i): tokenizer_decode([i]) for i in sorted(used)}
     write_text(site / "data" / "vocab.js", js_call("vocab", vocab))
-    meta = {**summary, "kinds": kinds, "sae_id": sae_id, "norm_note": NORM_NOTE,
-            "rubric": {"criteria": list(CRITERIA), "max": MAX_SCORE, "anchors": ANCHORS}}
+    meta = {
+        **summary,
+        "kinds": kinds,
+        "sae_id": sae_id,
+        "norm_note": NORM_NOTE,
+        "rubric": {"criteria": list(CRITERIA), "max": MAX_SCORE, "anchors": ANCHORS},
+    }
     write_text(site / "data" / "summary.js", js_call("summary", _finite(meta)))
     return site / "index.html"

@@ -77,12 +77,18 @@ def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=
         data.build_steering(space, bridge, s.hook, bos, cfg, store, indices[kind])
     metrics_path = eval_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    summary = {"sae_path": str(sae_dir), "hook": s.hook, "model": run.model.name,
-               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    summary = {
+        "sae_path": str(sae_dir),
+        "hook": s.hook,
+        "model": run.model.name,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+    }
     page = write_site(s.root, s.site, eval_dir, indices, bridge.tokenizer.decode, summary, s.sae_id, cfg.part_units, s.db)
-    print(f"feature browser written to {s.site}\n"
-          f"  open it: {page.as_uri()}   (read-only)\n"
-          f"  or serve it with rating and sampling: python evaluate.py sae_path='{sae_dir}' stage=serve")
+    print(
+        f"feature browser written to {s.site}\n"
+        f"  open it: {page.as_uri()}   (read-only)\n"
+        f"  or serve it with rating and sampling: python evaluate.py sae_path='{sae_dir}' stage=serve"
+    )
     return {"site": str(s.site), "units": {k: v["n_units"] for k, v in indices.items()}}
 
 
@@ -97,8 +103,18 @@ def steerer(session: Session, cfg: DashboardConfig):
     def run(kind: str, unit: int, multiple: float, prompt: str) -> dict:
         bridge = session.bridge()
         value = multiple * float(site.max_activation[kind][unit] or 0.0)
-        samples = pinned_samples(bridge, session.hook, session.space(kind, site.n_units[kind]), unit, value, [prompt],
-                                 cfg.steering_tokens, cfg.steering_temperature, cfg.seed, bos_token_id(bridge))
+        samples = pinned_samples(
+            bridge,
+            session.hook,
+            session.space(kind, site.n_units[kind]),
+            unit,
+            value,
+            [prompt],
+            cfg.steering_tokens,
+            cfg.steering_temperature,
+            cfg.seed,
+            bos_token_id(bridge),
+        )
         return {"multiple": multiple, "value": value, "samples": samples}
 
     return run
@@ -108,8 +124,9 @@ def run_serve(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None
     from sae.dashboard.server import DashboardServer, serve
 
     s = Session(sae_dir, eval_dir, run, cfg, sae)
-    server = DashboardServer(s.site, s.db, cfg.host, cfg.port, steerer=steerer(s, cfg), blind_per_kind=cfg.blind_per_kind,
-                             seed=cfg.seed)
+    server = DashboardServer(
+        s.site, s.db, cfg.host, cfg.port, steerer=steerer(s, cfg), blind_per_kind=cfg.blind_per_kind, seed=cfg.seed
+    )
     serve(server)
     return {"url": server.url}
 
@@ -118,5 +135,10 @@ def run_rubric_report(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, 
     from sae.dashboard.rubric import report
     from sae.interp.pipeline import sae_identity
 
-    return report(eval_dir / "ratings.sqlite", eval_dir / "rubric", sae_identity(sae_dir), run.logger,
-                  run_name=f"rubric-{Path(sae_dir).resolve().parent.name}")
+    return report(
+        eval_dir / "ratings.sqlite",
+        eval_dir / "rubric",
+        sae_identity(sae_dir),
+        run.logger,
+        run_name=f"rubric-{Path(sae_dir).resolve().parent.name}",
+    )

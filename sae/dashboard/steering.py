@@ -20,16 +20,28 @@ def prompt_ids(bridge, prompt: str, bos_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def next_token_logprobs(bridge, hook: str, space: UnitSpace, unit: int, value: float, tokens: torch.Tensor,
-                        bos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_logprobs(
+    bridge, hook: str, space: UnitSpace, unit: int, value: float, tokens: torch.Tensor, bos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token log-probs at the last position [n, vocab], unclamped and with `unit` pinned at `value`."""
     logp = spliced_logprobs(bridge, hook, space, tokens, [(None, None), (unit, float(value))], bos_id)
     return logp[0, :, -1], logp[1, :, -1]
 
 
 @torch.no_grad()
-def pinned_samples(bridge, hook: str, space: UnitSpace, unit: int, value: float, prompts: list[str], n_tokens: int,
-                   temperature: float, seed: int, bos_id: int, k: int = 8) -> list[dict]:
+def pinned_samples(
+    bridge,
+    hook: str,
+    space: UnitSpace,
+    unit: int,
+    value: float,
+    prompts: list[str],
+    n_tokens: int,
+    temperature: float,
+    seed: int,
+    bos_id: int,
+    k: int = 8,
+) -> list[dict]:
     out = []
     for i, prompt in enumerate(prompts):
         start = prompt_ids(bridge, prompt, bos_id)
@@ -40,7 +52,7 @@ def pinned_samples(bridge, hook: str, space: UnitSpace, unit: int, value: float,
             # row 0 unclamped, row 1 pinned: one batch, each row its own continuation
             logp = splice_run(bridge, hook, space, seqs, [(None, None), (unit, float(value))], bos_id)[:, -1]
             if first_shift is None:
-                shift = (logp[1].exp() - logp[0].exp())
+                shift = logp[1].exp() - logp[0].exp()
                 top = shift.topk(k)
                 first_shift = [[int(t), round(float(v), 5)] for t, v in zip(top.indices, top.values, strict=False)]
             if temperature == 0:
@@ -52,8 +64,12 @@ def pinned_samples(bridge, hook: str, space: UnitSpace, unit: int, value: float,
                 nxt = torch.minimum(nxt, torch.tensor(cdf.shape[1] - 1))
             seqs = torch.cat([seqs, nxt[:, None]], dim=1)
         n0 = start.shape[1]
-        out.append({"prompt": prompt,
-                    "unclamped": bridge.tokenizer.decode(seqs[0, n0:].tolist()),
-                    "pinned": bridge.tokenizer.decode(seqs[1, n0:].tolist()),
-                    "first_step_raised": first_shift})
+        out.append(
+            {
+                "prompt": prompt,
+                "unclamped": bridge.tokenizer.decode(seqs[0, n0:].tolist()),
+                "pinned": bridge.tokenizer.decode(seqs[1, n0:].tolist()),
+                "first_step_raised": first_shift,
+            }
+        )
     return out

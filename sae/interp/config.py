@@ -61,8 +61,14 @@ class InterpConfig:
         _require(self.units in UNIT_KINDS, f"interp.units={self.units!r}: choose one of {UNIT_KINDS}.")
         _require(self.n_features >= 1, f"interp.n_features={self.n_features} must be >= 1.")
         _require(self.window >= 2, f"interp.window={self.window} must be >= 2.")
-        _require(1 <= self.score_tokens <= self.window, f"interp.score_tokens={self.score_tokens} must be in 1..interp.window ({self.window}).")
-        _require(self.n_contexts >= self.n_score_random, f"interp.n_contexts={self.n_contexts} must be >= interp.n_score_random={self.n_score_random}.")
+        _require(
+            1 <= self.score_tokens <= self.window,
+            f"interp.score_tokens={self.score_tokens} must be in 1..interp.window ({self.window}).",
+        )
+        _require(
+            self.n_contexts >= self.n_score_random,
+            f"interp.n_contexts={self.n_contexts} must be >= interp.n_score_random={self.n_score_random}.",
+        )
         _require(self.n_explain >= 1, f"interp.n_explain={self.n_explain} must be >= 1.")
         _require(self.n_score_top >= 0, f"interp.n_score_top={self.n_score_top} must be >= 0.")
         _require(self.n_score_random >= 0, f"interp.n_score_random={self.n_score_random} must be >= 0.")
@@ -107,23 +113,31 @@ class ExplainerConfig:
 
     def __post_init__(self) -> None:
         _require(self.kind in EXPLAINER_KINDS, f"explainer.kind={self.kind!r}: choose one of {EXPLAINER_KINDS}.")
-        _require(self.simulator in SIMULATOR_METHODS, f"explainer.simulator={self.simulator!r}: choose one of {SIMULATOR_METHODS}.")
+        _require(
+            self.simulator in SIMULATOR_METHODS, f"explainer.simulator={self.simulator!r}: choose one of {SIMULATOR_METHODS}."
+        )
         _require(self.max_concurrency >= 1, f"explainer.max_concurrency={self.max_concurrency} must be >= 1.")
         _require(self.max_retries >= 0, f"explainer.max_retries={self.max_retries} must be >= 0.")
         _require(self.timeout_s > 0, f"explainer.timeout_s={self.timeout_s} must be > 0.")
         _require(1 <= self.top_logprobs <= 20, f"explainer.top_logprobs={self.top_logprobs} must be in 1..20.")
         _require(self.dtype in ("float32", "bfloat16"), f"explainer.dtype={self.dtype!r}: use float32 or bfloat16.")
         _require(self.context_tokens >= 0, f"explainer.context_tokens={self.context_tokens} must be >= 0.")
-        _require(self.explanation_max_tokens >= 1, f"explainer.explanation_max_tokens={self.explanation_max_tokens} must be >= 1.")
+        _require(
+            self.explanation_max_tokens >= 1, f"explainer.explanation_max_tokens={self.explanation_max_tokens} must be >= 1."
+        )
         _require(self.temperature >= 0, f"explainer.temperature={self.temperature} must be >= 0.")
         _require(self.sim_batch_size >= 1, f"explainer.sim_batch_size={self.sim_batch_size} must be >= 1.")
         _require(self.max_patterns >= 1, f"explainer.max_patterns={self.max_patterns} must be >= 1.")
         if self.kind == "openai":
-            _require(bool(self.model) and not self.model.startswith("embedded:"),
-                     f"explainer.model={self.model!r}: name the model the endpoint serves, e.g. explainer.model=gpt-4o-mini.")
+            _require(
+                bool(self.model) and not self.model.startswith("embedded:"),
+                f"explainer.model={self.model!r}: name the model the endpoint serves, e.g. explainer.model=gpt-4o-mini.",
+            )
             if self.api_key_env is not None:
-                _require(self.api_key_env.isidentifier(),
-                         "explainer.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key.")
+                _require(
+                    self.api_key_env.isidentifier(),
+                    "explainer.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key.",
+                )
 
     @property
     def identity(self) -> str:

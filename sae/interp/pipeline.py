@@ -44,7 +44,9 @@ def sae_identity(sae_dir: Path) -> str:
     return weights_digest(sae_dir)
 
 
-def collect(sae, sae_cfg: dict, interp: InterpConfig, out_dir: Path, meta: dict, bridge=None) -> tuple[list[UnitRecords], list[int]]:
+def collect(
+    sae, sae_cfg: dict, interp: InterpConfig, out_dir: Path, meta: dict, bridge=None
+) -> tuple[list[UnitRecords], list[int]]:
     """Records for the chosen units (and the sampled units skipped for never firing), from the saved
     file when the settings match, else one model pass."""
     path = out_dir / f"records_{interp.units}.json"
@@ -95,8 +97,14 @@ class MethodRun:
         text_hash = hashlib.sha256(expl_row["explanation"].encode()).hexdigest()[:12]
 
         def key() -> dict:  # keyed by the simulation method actually used, known once resolved
-            return {**self.base_key, "stage": "simulate", "unit": rec.unit, "simulator": self.backend.simulator_identity(),
-                    "explanation_of": donor, "explanation_sha": text_hash}
+            return {
+                **self.base_key,
+                "stage": "simulate",
+                "unit": rec.unit,
+                "simulator": self.backend.simulator_identity(),
+                "explanation_of": donor,
+                "explanation_sha": text_hash,
+            }
 
         try:
             resolve = getattr(self.backend, "resolve_simulator", None)
@@ -120,7 +128,9 @@ class MethodRun:
             return self.store.put(key(), "failed", reason=str(exc))
         except Exception as exc:
             self.log(f"[{self.name}] unit {rec.unit}: simulation FAILED: {type(exc).__name__}: {exc}")
-            return self.store.put(key(), "failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
+            return self.store.put(
+                key(), "failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:]
+            )
 
     def run(self, units: list[UnitRecords], interp: InterpConfig) -> list[UnitResult]:
         explained = self._map(self.explain, units)
@@ -136,12 +146,18 @@ class MethodRun:
                 owners.append((i, "control"))
         sims = self._map(lambda job: self.simulate(job, groups), jobs)
         by_unit: dict[int, dict[str, Simulated]] = {}
-        for (i, role), job, sim in zip(owners, jobs, sims):
+        for (i, role), job, sim in zip(owners, jobs, sims, strict=False):
             by_unit.setdefault(i, {})[role] = self._scored(units[i], job[1], sim, interp)
         results = []
         for i, rec in enumerate(units):
-            result = UnitResult(unit=rec.unit, method=self.name, explainer=self.backend.identity, density=rec.density,
-                                max_activation=rec.max_activation, status=explained[i]["status"])
+            result = UnitResult(
+                unit=rec.unit,
+                method=self.name,
+                explainer=self.backend.identity,
+                density=rec.density,
+                max_activation=rec.max_activation,
+                status=explained[i]["status"],
+            )
             if explained[i]["status"] != "ok":
                 result.reason = explained[i].get("reason")
             else:
@@ -156,8 +172,10 @@ class MethodRun:
     def _scored(self, rec: UnitRecords, donor: int, sim: dict, interp: InterpConfig) -> Simulated:
         if sim["status"] != "ok":
             return Simulated(explanation_of=donor, status="failed", reason=sim.get("reason"))
-        splits = {split: score_split(split_records(rec, split), self._split_predictions(rec, sim["predictions"], split))
-                  for split in interp.splits}
+        splits = {
+            split: score_split(split_records(rec, split), self._split_predictions(rec, sim["predictions"], split))
+            for split in interp.splits
+        }
         return Simulated(explanation_of=donor, status="ok", simulator_method=sim["method"], splits=splits)
 
     @staticmethod
@@ -175,17 +193,34 @@ def summarise_method(results: list[UnitResult], interp: InterpConfig, explainer:
         units = [r for r in results if r.status == "ok" and not math.isnan(r.score("own", split, "spearman"))]
         if interp.wrong_explanation_control and any(r.control is not None for r in results):
             units = [r for r in units if not math.isnan(r.score("control", split, "spearman"))]
-        stat = {f"{prefix}{metric}": summarise([r.score(role, split, metric) for r in units], interp.bootstrap_resamples, interp.seed)
-                for role, prefix in (("own", ""), ("control", "control_")) for metric in ("spearman", "pearson")}
+        stat = {
+            f"{prefix}{metric}": summarise([r.score(role, split, metric) for r in units], interp.bootstrap_resamples, interp.seed)
+            for role, prefix in (("own", ""), ("control", "control_"))
+            for metric in ("spearman", "pearson")
+        }
         splits[split] = SplitSummary(**stat)
-    return MethodSummary(explainer=explainer, n_units=len(results), n_failed=sum(r.status != "ok" for r in results),
-                         failed={str(r.unit): r.reason for r in results if r.status != "ok"},
-                         simulator_methods=methods, splits=splits)
+    return MethodSummary(
+        explainer=explainer,
+        n_units=len(results),
+        n_failed=sum(r.status != "ok" for r in results),
+        failed={str(r.unit): r.reason for r in results if r.status != "ok"},
+        simulator_methods=methods,
+        splits=splits,
+    )
 
 
-def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerConfig, run_dir: str | Path,
-               logger: Optional[LoggerConfig] = None, bridge=None, wandb_run=None, log=print, sae=None,
-               sae_cfg: Optional[dict] = None) -> dict:
+def run_interp(
+    sae_path: str | Path,
+    interp: InterpConfig,
+    explainer: ExplainerConfig,
+    run_dir: str | Path,
+    logger: Optional[LoggerConfig] = None,
+    bridge=None,
+    wandb_run=None,
+    log=print,
+    sae=None,
+    sae_cfg: Optional[dict] = None,
+) -> dict:
     """Score `interp.units` of the SAE at `sae_path`; returns the summary also written to interp_summary.json.
 
     `sae`/`sae_cfg`: the SAE already loaded (e.g. on the GPU) with its cfg.json; else loaded from `sae_path`.
@@ -205,8 +240,11 @@ def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerC
         sae, sae_cfg = load_sae(sae_dir)
     sid = sae_identity(sae_dir)
     hook = unit_hook(sae_cfg, interp)
-    record_settings = {k: v for k, v in asdict(interp).items()
-                       if k not in ("splits", "baseline", "wrong_explanation_control", "bootstrap_resamples")}
+    record_settings = {
+        k: v
+        for k, v in asdict(interp).items()
+        if k not in ("splits", "baseline", "wrong_explanation_control", "bootstrap_resamples")
+    }
     meta = {"sae_path": str(sae_dir), "sae": sid, "hook": hook, "settings": record_settings}
     records, skipped = collect(sae, sae_cfg, interp, out_dir, meta, bridge)
     if skipped:
@@ -231,14 +269,21 @@ def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerC
         results.extend(rows)
         methods[cfg.kind] = summarise_method(rows, interp, cfg.identity)
 
-    atomic_write_text(out_dir / f"scores_{interp.units}.jsonl",
-                      "".join(json.dumps(r.to_json(), allow_nan=False) + "\n" for r in results))
+    atomic_write_text(
+        out_dir / f"scores_{interp.units}.jsonl", "".join(json.dumps(r.to_json(), allow_nan=False) + "\n" for r in results)
+    )
     primary = methods[explainer.kind]
     first = interp.splits[0]
     summary = {
-        "sae": str(sae_dir), "sae_id": sid, "units": interp.units, "hook": hook, "prompt_version": PROMPT_VERSION,
-        "unit_ids": [r.unit for r in records], "skipped_never_fired": skipped,
-        "primary_method": explainer.kind, "split": first,
+        "sae": str(sae_dir),
+        "sae_id": sid,
+        "units": interp.units,
+        "hook": hook,
+        "prompt_version": PROMPT_VERSION,
+        "unit_ids": [r.unit for r in records],
+        "skipped_never_fired": skipped,
+        "primary_method": explainer.kind,
+        "split": first,
         **asdict(primary.splits[first]),
         "methods": {name: asdict(m) for name, m in methods.items()},
     }
@@ -246,7 +291,9 @@ def run_interp(sae_path: str | Path, interp: InterpConfig, explainer: ExplainerC
     log_wandb(results, summary, interp, run_dir, logger, wandb_run)
     if primary.n_failed == primary.n_units:
         reasons = sorted({str(r) for r in primary.failed.values()})
-        raise InterpFailed(f"all {primary.n_units} {interp.units} failed with explainer={explainer.kind}: {'; '.join(reasons)[:500]}")
+        raise InterpFailed(
+            f"all {primary.n_units} {interp.units} failed with explainer={explainer.kind}: {'; '.join(reasons)[:500]}"
+        )
     return summary
 
 
@@ -262,8 +309,9 @@ def write_summary(path: Path, units: str, summary: dict) -> None:
     atomic_write_json(path, existing)
 
 
-def log_wandb(results: list[UnitResult], summary: dict, interp: InterpConfig, run_dir: Path, logger: Optional[LoggerConfig],
-              wandb_run=None) -> None:
+def log_wandb(
+    results: list[UnitResult], summary: dict, interp: InterpConfig, run_dir: Path, logger: Optional[LoggerConfig], wandb_run=None
+) -> None:
     """A W&B table of explanations and scores, and the score histogram (reusing sae/run_logger.py)."""
     if wandb_run is None and (logger is None or logger.kind != "wandb"):
         return
@@ -276,13 +324,36 @@ def log_wandb(results: list[UnitResult], summary: dict, interp: InterpConfig, ru
         own = build_logger(logger, run_dir, f"interp-{interp.units}", {"interp": asdict(interp)}, job_type="interp")
         wandb_run = own.experiment
     split = interp.splits[0]
-    columns = ["units", "unit", "method", "status", "explanation", "simulator_method", "spearman", "pearson",
-               "control_spearman", "control_pearson", "density", "reason"]
+    columns = [
+        "units",
+        "unit",
+        "method",
+        "status",
+        "explanation",
+        "simulator_method",
+        "spearman",
+        "pearson",
+        "control_spearman",
+        "control_pearson",
+        "density",
+        "reason",
+    ]
     data = []
     for r in results:
         scores = [r.score(role, split, metric) for role in ("own", "control") for metric in ("spearman", "pearson")]
-        data.append([interp.units, r.unit, r.method, r.status, r.explanation or "", (r.own.simulator_method if r.own else None) or "",
-                     *[None if math.isnan(v) else v for v in scores], r.density, r.reason or ""])
+        data.append(
+            [
+                interp.units,
+                r.unit,
+                r.method,
+                r.status,
+                r.explanation or "",
+                (r.own.simulator_method if r.own else None) or "",
+                *[None if math.isnan(v) else v for v in scores],
+                r.density,
+                r.reason or "",
+            ]
+        )
     payload = {f"interp/{interp.units}/explanations": wandb.Table(columns=columns, data=data)}
     for method in sorted({r.method for r in results}):
         vals = [r.score("own", split, "spearman") for r in results if r.method == method]

@@ -16,9 +16,7 @@ PROMPT_VERSION = "bills2023-v1"
 EXPLANATION_PREFIX = "the main thing this feature does is find"
 MAX_VALUE = 10
 
-INTRO = (
-    "We're studying features in a neural network. Each feature looks for some particular thing in a short document."
-)
+INTRO = "We're studying features in a neural network. Each feature looks for some particular thing in a short document."
 EXPLAIN_SYSTEM = (
     f"{INTRO} Look at the parts of the document the feature activates for and summarize in a single sentence "
     "what the feature is looking for. Don't list examples of words.\n\n"
@@ -41,15 +39,57 @@ FEW_SHOT = [
     {
         "explanation": "years and dates",
         "records": [
-            [("He", 0), (" was", 0), (" born", 0), (" in", 0), (" 1887", 10), (" and", 0), (" died", 0), (" in", 0), (" 1952", 9), (".", 0)],
-            [("The", 0), (" treaty", 0), (" of", 0), (" May", 4), (" 1648", 10), (" ended", 0), (" the", 0), (" war", 0), (".", 0)],
+            [
+                ("He", 0),
+                (" was", 0),
+                (" born", 0),
+                (" in", 0),
+                (" 1887", 10),
+                (" and", 0),
+                (" died", 0),
+                (" in", 0),
+                (" 1952", 9),
+                (".", 0),
+            ],
+            [
+                ("The", 0),
+                (" treaty", 0),
+                (" of", 0),
+                (" May", 4),
+                (" 1648", 10),
+                (" ended", 0),
+                (" the", 0),
+                (" war", 0),
+                (".", 0),
+            ],
         ],
     },
     {
         "explanation": "words about water and the sea",
         "records": [
-            [("The", 0), (" ship", 3), (" sailed", 2), (" across", 0), (" the", 0), (" ocean", 10), (" to", 0), (" the", 0), (" harbor", 6), (".", 0)],
-            [("A", 0), (" river", 8), (" flows", 3), (" into", 0), (" the", 0), (" lake", 7), (" near", 0), (" town", 0), (".", 0)],
+            [
+                ("The", 0),
+                (" ship", 3),
+                (" sailed", 2),
+                (" across", 0),
+                (" the", 0),
+                (" ocean", 10),
+                (" to", 0),
+                (" the", 0),
+                (" harbor", 6),
+                (".", 0),
+            ],
+            [
+                ("A", 0),
+                (" river", 8),
+                (" flows", 3),
+                (" into", 0),
+                (" the", 0),
+                (" lake", 7),
+                (" near", 0),
+                (" town", 0),
+                (".", 0),
+            ],
         ],
     },
 ]
@@ -68,7 +108,7 @@ def show(token: str) -> str:
 
 
 def record_block(tokens: Sequence[str], values: Sequence[int | str]) -> str:
-    lines = [f"{show(t)}\t{v}" for t, v in zip(tokens, values)]
+    lines = [f"{show(t)}\t{v}" for t, v in zip(tokens, values, strict=False)]
     return "<start>\n" + "\n".join(lines) + "\n<end>\n"
 
 
@@ -78,7 +118,10 @@ def explain_user_message(index: int, records: Sequence[tuple[Sequence[str], Sequ
     all_vals = [v for _, vals in records for v in vals]
     text = f"Feature {index}\nActivations:\n" + "".join(blocks)
     if all_vals and sum(v > 0 for v in all_vals) < 0.2 * len(all_vals):
-        nonzero = [record_block([t for t, v in zip(toks, vals) if v > 0], [v for v in vals if v > 0]) for toks, vals in records]
+        nonzero = [
+            record_block([t for t, v in zip(toks, vals, strict=False) if v > 0], [v for v in vals if v > 0])
+            for toks, vals in records
+        ]
         text += "\nSame activations, but with all zeros filtered out:\n" + "".join(nonzero)
     return text + f"\nExplanation of feature {index} behavior: {EXPLANATION_PREFIX}"
 
@@ -99,7 +142,7 @@ def parse_explanation(text: str, truncated: bool) -> str:
     text = text.strip()
     low = text.lower()
     if low.startswith(EXPLANATION_PREFIX):
-        text = text[len(EXPLANATION_PREFIX):].strip()
+        text = text[len(EXPLANATION_PREFIX) :].strip()
     lines = text.split("\n")
     text = lines[0].strip()
     if truncated and len(lines) == 1:  # cut off inside the first line (a finished line is a finished answer)
@@ -120,7 +163,9 @@ def simulate_prompt(explanation: str, tokens: Sequence[str]) -> tuple[str, list[
     """
     parts = [SIMULATE_HEADER]
     for i, ex in enumerate(FEW_SHOT, start=1):
-        parts.append(f"Feature {i}\nExplanation of feature {i} behavior: {EXPLANATION_PREFIX} {ex['explanation']}\nActivations:\n")
+        parts.append(
+            f"Feature {i}\nExplanation of feature {i} behavior: {EXPLANATION_PREFIX} {ex['explanation']}\nActivations:\n"
+        )
         for rec in ex["records"]:
             parts.append(record_block([t for t, _ in rec], [v for _, v in rec]))
         parts.append("\n")

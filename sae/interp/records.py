@@ -49,6 +49,7 @@ class UnitRecords:
 @dataclass
 class Harvest:
     """Token ids [N, T] and unit activations [N, T, U] over N held-out windows of T tokens."""
+
     token_ids: torch.Tensor
     acts: torch.Tensor
     units: list[int]
@@ -64,8 +65,17 @@ def unit_encoder(sae, units: str, candidates: list[int]) -> Callable[[torch.Tens
 
 
 @torch.no_grad()
-def harvest(bridge, hook: str, layer: int, encode, candidates: list[int], data_cfg, cfg: InterpConfig, bos_id: int,
-            device: torch.device | str = "cpu") -> Harvest:
+def harvest(
+    bridge,
+    hook: str,
+    layer: int,
+    encode,
+    candidates: list[int],
+    data_cfg,
+    cfg: InterpConfig,
+    bos_id: int,
+    device: torch.device | str = "cpu",
+) -> Harvest:
     """One pass over held-out text; activations on BOS (document separators) are set to 0.
 
     `encode` runs on `device` (where the SAE is); the activations are kept on the CPU."""
@@ -170,17 +180,19 @@ def unit_records(h: Harvest, u: int, cfg: InterpConfig, strings: TokenStrings, r
     # Random windows never come from the contexts the explainer saw: scoring them would test recall.
     others = np.setdiff1d(np.arange(h.token_ids.shape[0]), explain_ctx)
     if not len(others):
-        raise ValueError(f"interp.n_contexts={h.token_ids.shape[0]} held-out windows leave none to score beside the "
-                         f"{len(explain_ctx)} explained ones: raise interp.n_contexts.")
+        raise ValueError(
+            f"interp.n_contexts={h.token_ids.shape[0]} held-out windows leave none to score beside the "
+            f"{len(explain_ctx)} explained ones: raise interp.n_contexts."
+        )
     random_contexts = rng.choice(others, size=cfg.n_score_random, replace=len(others) < cfg.n_score_random)
     random_starts = rng.integers(0, T - L + 1, size=cfg.n_score_random)
 
     quantile_ctx = []
-    rest = order[len(pool):].numpy()
+    rest = order[len(pool) :].numpy()
     if len(rest) and cfg.n_quantiles:
         values = ctx_max[rest].numpy()
         edges = np.quantile(values, np.linspace(0, 1, cfg.n_quantiles + 1))
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        for lo, hi in zip(edges[:-1], edges[1:], strict=False):
             members = rest[(values >= lo) & (values <= hi)]
             if len(members):
                 quantile_ctx.extend(rng.choice(members, size=min(cfg.per_quantile, len(members)), replace=False).tolist())
@@ -191,7 +203,7 @@ def unit_records(h: Harvest, u: int, cfg: InterpConfig, strings: TokenStrings, r
         density=float((a > 0).float().mean()),
         explain=[make_record(h, u, c, 0, T, strings) for c in explain_ctx],
         top=[make_record(h, u, c, window_around_max(a[c], L), L, strings) for c in top_ctx],
-        random=[make_record(h, u, int(c), int(s), L, strings) for c, s in zip(random_contexts, random_starts)],
+        random=[make_record(h, u, int(c), int(s), L, strings) for c, s in zip(random_contexts, random_starts, strict=False)],
         quantiles=[make_record(h, u, c, window_around_max(a[c], L), L, strings) for c in quantile_ctx],
     )
 

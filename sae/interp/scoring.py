@@ -45,8 +45,9 @@ def correlations(true: Sequence[float], predicted: Sequence[float]) -> SplitScor
         return SplitScore(n=int(len(t)), spearman=0.0, pearson=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return SplitScore(n=int(len(t)), spearman=float(stats.spearmanr(t, p).statistic),
-                          pearson=float(stats.pearsonr(t, p).statistic))
+        return SplitScore(
+            n=int(len(t)), spearman=float(stats.spearmanr(t, p).statistic), pearson=float(stats.pearsonr(t, p).statistic)
+        )
 
 
 def score_split(records: Sequence[Record], predictions: Sequence[Sequence[float]]) -> SplitScore:
@@ -61,8 +62,14 @@ def summarise(values: Sequence[float], n_resamples: int = 2000, seed: int = 0) -
     mean = float(v.mean()) if len(v) else math.nan
     ci95 = [math.nan, math.nan]
     if len(v) >= 2 and np.ptp(v) > 0:
-        res = stats.bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=0.95, method="percentile",
-                              random_state=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (v,),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=0.95,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         ci95 = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
     elif len(v) >= 2:
         ci95 = [float(v[0]), float(v[0])]

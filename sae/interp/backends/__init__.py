@@ -17,9 +17,11 @@ def check_ready(cfg: ExplainerConfig) -> None:
     import os
 
     if cfg.kind == "openai" and cfg.api_key_env is not None and not os.environ.get(cfg.api_key_env):
-        raise ConfigError(f"explainer=openai needs an API key: the environment variable {cfg.api_key_env} "
-                          f"(explainer.api_key_env) is not set. Export it, or set explainer.api_key_env=null "
-                          f"for a server that needs no key.")
+        raise ConfigError(
+            f"explainer=openai needs an API key: the environment variable {cfg.api_key_env} "
+            f"(explainer.api_key_env) is not set. Export it, or set explainer.api_key_env=null "
+            f"for a server that needs no key."
+        )
 
 
 def build_backend(cfg: ExplainerConfig) -> Backend:

@@ -67,15 +67,21 @@ class LocalBackend:
         messages = explain_messages(prompt_records(records, PROMPT_RECORDS))
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         input_ids = ids["input_ids"].to(self.device)
-        out = self.model.generate(input_ids=input_ids, attention_mask=ids["attention_mask"].to(self.device),
-                                  max_new_tokens=self.cfg.explanation_max_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        new = out[0, input_ids.shape[1]:]
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=ids["attention_mask"].to(self.device),
+            max_new_tokens=self.cfg.explanation_max_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        new = out[0, input_ids.shape[1] :]
         truncated = len(new) >= self.cfg.explanation_max_tokens and int(new[-1]) != self.tokenizer.eos_token_id
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         try:
-            return Explanation(text=parse_explanation(text, truncated),
-                               usage={"prompt_tokens": int(input_ids.shape[1]), "completion_tokens": int(len(new))})
+            return Explanation(
+                text=parse_explanation(text, truncated),
+                usage={"prompt_tokens": int(input_ids.shape[1]), "completion_tokens": int(len(new))},
+            )
         except MalformedCompletion as exc:
             raise BackendError(str(exc)) from exc
 
@@ -111,8 +117,9 @@ class LocalBackend:
                 mask[i, prefix_ids.shape[1] : prefix_ids.shape[1] + len(ids)] = 1
             cache = copy.deepcopy(prefix_out.past_key_values)
             cache.batch_repeat_interleave(len(batch))
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                past_key_values=cache, use_cache=True).logits
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache, use_cache=True
+            ).logits
             # The logit predicting suffix token p sits at p - 1; for p = 0 it is the prefix's last logit.
             last_prefix = prefix_out.logits[0, -1]
             for i, (_, positions) in enumerate(encoded):

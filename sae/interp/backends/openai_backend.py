@@ -53,7 +53,9 @@ class OpenAIBackend:
         self.client = None
         self.memo = None  # a ResultStore of answered requests, set by the pipeline: nothing is asked twice
         if self._key:
-            self.client = openai.OpenAI(base_url=cfg.base_url, api_key=self._key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+            self.client = openai.OpenAI(
+                base_url=cfg.base_url, api_key=self._key, max_retries=cfg.max_retries, timeout=cfg.timeout_s
+            )
 
     def simulator_identity(self) -> str:
         """Keys stored simulations: the method actually used once `auto` is resolved."""
@@ -95,7 +97,9 @@ class OpenAIBackend:
         return self._scrub(msg)
 
     def _request_key(self, endpoint: str, kwargs: dict) -> dict:
-        blob = json.dumps({"endpoint": endpoint, "base_url": self.cfg.base_url, "model": self.cfg.model, **kwargs}, sort_keys=True)
+        blob = json.dumps(
+            {"endpoint": endpoint, "base_url": self.cfg.base_url, "model": self.cfg.model, **kwargs}, sort_keys=True
+        )
         return {"request": hashlib.sha256(blob.encode()).hexdigest()}
 
     def _ask(self, endpoint: str, parse, **kwargs):
@@ -139,8 +143,13 @@ class OpenAIBackend:
             text = parse_explanation(choice.message.content or "", choice.finish_reason == "length")
             return Explanation(text=text, usage=self._usage(response))
 
-        return self._ask("chat", parse, messages=explain_messages(prompt_records(records, PROMPT_RECORDS)),
-                         max_tokens=self.cfg.explanation_max_tokens, temperature=self.cfg.temperature)
+        return self._ask(
+            "chat",
+            parse,
+            messages=explain_messages(prompt_records(records, PROMPT_RECORDS)),
+            max_tokens=self.cfg.explanation_max_tokens,
+            temperature=self.cfg.temperature,
+        )
 
     # -- simulate -------------------------------------------------------------------------------
 
@@ -170,8 +179,10 @@ class OpenAIBackend:
                     if not isinstance(exc.__cause__, transient):
                         self._method = "integers"
                     elif attempt + 1 >= PROBE_ATTEMPTS:
-                        raise BackendError(f"could not tell whether the endpoint returns prompt log-probabilities "
-                                           f"({PROBE_ATTEMPTS} probes): {exc}") from exc
+                        raise BackendError(
+                            f"could not tell whether the endpoint returns prompt log-probabilities "
+                            f"({PROBE_ATTEMPTS} probes): {exc}"
+                        ) from exc
                     else:
                         time.sleep(PROBE_BACKOFF_S * 2**attempt)
                         attempt += 1
@@ -186,8 +197,13 @@ class OpenAIBackend:
             add_usage(usage, self._usage(response))
             return parse_integers(choice.message.content or "", len(tokens), choice.finish_reason == "length")
 
-        return self._ask("chat", parse, messages=integers_messages(explanation, tokens),
-                         max_tokens=8 * len(tokens) + 32, temperature=self.cfg.temperature)
+        return self._ask(
+            "chat",
+            parse,
+            messages=integers_messages(explanation, tokens),
+            max_tokens=8 * len(tokens) + 32,
+            temperature=self.cfg.temperature,
+        )
 
     def _logprobs(self, explanation: str, tokens: Sequence[str], usage: dict) -> list[float]:
         where = self.cfg.base_url or "api.openai.com"
@@ -202,14 +218,23 @@ class OpenAIBackend:
             add_usage(usage, self._usage(response))
             lp = choice.logprobs
             if lp is None or not lp.tokens or not lp.top_logprobs:
-                raise BackendError(f"{where} returned no prompt log-probabilities (echo + logprobs); "
-                                   "use explainer.simulator=integers for this endpoint.")
+                raise BackendError(
+                    f"{where} returned no prompt log-probabilities (echo + logprobs); "
+                    "use explainer.simulator=integers for this endpoint."
+                )
             at = placeholder_tokens(lp.tokens, getattr(lp, "text_offset", None), placeholders)
             # no value among the top-N at a position: predict inactive there
             return [expected_value(lp.top_logprobs[i] or {}) or 0.0 for i in at]
 
-        return self._ask("completions", parse, prompt=simulate_text(explanation, tokens), max_tokens=1, echo=True,
-                         logprobs=self.cfg.top_logprobs, temperature=0)
+        return self._ask(
+            "completions",
+            parse,
+            prompt=simulate_text(explanation, tokens),
+            max_tokens=1,
+            echo=True,
+            logprobs=self.cfg.top_logprobs,
+            temperature=0,
+        )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -224,7 +249,10 @@ class OpenAIBackend:
         u = getattr(response, "usage", None)
         if u is None:
             return {}
-        return {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0), "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
+        return {
+            "prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0),
+        }
 
 
 def placeholder_tokens(tokens: Sequence[str], text_offset: Sequence[int] | None, placeholders: Sequence[int]) -> list[int]:
@@ -245,5 +273,6 @@ def placeholder_tokens(tokens: Sequence[str], text_offset: Sequence[int] | None,
         at = [bisect.bisect_right(starts, p) - 1 for p in placeholders]
         if all(0 <= i < len(tokens) and "unknown".startswith(tokens[i].strip()[:7]) and tokens[i].strip() for i in at):
             return at
-    raise MalformedCompletion(f"malformed completion: the echoed prompt's tokens do not line up with its "
-                              f"{len(placeholders)} 'unknown' placeholders")
+    raise MalformedCompletion(
+        f"malformed completion: the echoed prompt's tokens do not line up with its {len(placeholders)} 'unknown' placeholders"
+    )
