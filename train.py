@@ -1,7 +1,7 @@
 """Train a sparse autoencoder on one hook of a language model.
 
     python train.py                                  # embedded default: SmolLM2-135M + Wikipedia, offline
-    python train.py model=distilgpt2 data=pile       # the slides' set-up (needs the internet)
+    python train.py model=distilgpt2 data=pile       # the reference set-up (needs the internet)
     python train.py --multirun +sweep=smoke          # a sweep (see sweeps/)
 
 Running the same command again resumes an interrupted run from its last.ckpt, and skips a

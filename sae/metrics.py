@@ -1,4 +1,4 @@
-"""Sparsity and reconstruction metrics (METHOD §3), plain torch."""
+"""Sparsity and reconstruction metrics (L0, explained variance, feature density), plain torch."""
 
 from __future__ import annotations
 

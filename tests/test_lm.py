@@ -50,7 +50,7 @@ def test_harvest_drops_bos_positions(smollm2):
 
 @pytest.mark.slow
 def test_random_weight_distilgpt2_shape_boots_and_harvests_its_last_mlp(tmp_path):
-    """The slides' configuration (distilgpt2, last block's MLP) short of the pretrained weights."""
+    """The reference configuration (distilgpt2, last block's MLP) short of the pretrained weights."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
