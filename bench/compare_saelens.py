@@ -18,7 +18,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from machine import describe  # noqa: E402  (bench/machine.py)
 
 from sae.activations import build_cache  # noqa: E402
 from sae.architectures import SparseAutoencoder  # noqa: E402
@@ -86,18 +87,6 @@ save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, out
 import sae_lens
 print(json.dumps({"seconds": seconds, "version": sae_lens.__version__}))
 """
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; Python {platform.python_version()}"
 
 
 def recipe(batch_size: int, steps: int, expansion: int) -> SAEConfig:
@@ -248,7 +237,7 @@ def main() -> None:
         sys.exit(f"no SAELens environment at {SAELENS_PYTHON}: build it with `bash scripts/setup_saelens.sh`.")
 
     quiet_lightning()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     model_cfg = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=args.layer)
     data_cfg = DataConfig(source="wiki_offline", alias="wiki", context_length=128)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import threading
 import time
@@ -27,23 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe  # noqa: E402  (bench/machine.py)
+
 from sae.architectures import ARCHITECTURES, build_sae  # noqa: E402
 from sae.evaluation import activation_stats, rows_per_chunk  # noqa: E402
 
 GB = 1e9
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
 
 
 class PeakRSS:
@@ -110,7 +98,7 @@ def main() -> None:
     sae = build_sae(args.architecture, args.d_in, n_features, k=args.k).to(device).eval()
     acts = torch.randn(args.tokens, args.d_in)
     budget = args.budget_mb * 2**20
-    print(f"machine: {machine()}; pid {os.getpid()}")
+    print(f"machine: {describe()}; pid {os.getpid()}")
     print(
         f"{args.architecture} SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, "
         f"{args.tokens:,} tokens in "

@@ -15,7 +15,6 @@ over the 5.3M parameters become a large share of a CPU step.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -25,20 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe  # noqa: E402  (bench/machine.py)
+
 from sae.architectures import ReLUSAE  # noqa: E402
 from sae.sparse import MAX_SPARSE_DENSITY  # noqa: E402
 
 # (label, kernel, fused Adam): the last shows what a one-pass optimizer adds once the products are sparse.
 VARIANTS = (("dense", "dense", False), ("sparse", "sparse", False), ("auto", "auto", False), ("auto+fused", "auto", True))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def sae_firing(d_in: int, n_features: int, l0: int, seed: int = 0) -> ReLUSAE:
@@ -101,7 +93,7 @@ def main() -> None:
     if bad:
         ap.error(f"--l0 {bad}: each L0 must lie between 1 and --n-features - 1 ({args.n_features - 1}).")
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(
         f"SAE {args.d_in} -> {args.n_features}, float32, {args.steps} steps x {args.repeats} repeats (median); "
         f"auto takes the sparse path at density <= {MAX_SPARSE_DENSITY}"
