@@ -29,6 +29,7 @@ from callbacks.resampling import NeuronResamplingCallback
 from sae.architectures import SparseAutoencoder, get_architecture
 from sae.config import ConfigError, TrainConfig, register_configs, to_objects
 from sae.datamodule import ActivationDataModule
+from sae.files import atomic_write_json
 from sae.io import WEIGHTS, save_sae
 from sae.lm import check_context_length, lazy_bridge
 from sae.module import SAETrainingModule
@@ -170,10 +171,11 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
             "run_dir": str(run_dir),
         }
     )
-    summary_path.write_text(json.dumps(summary, indent=2))
+    atomic_write_json(summary_path, summary)
     for lg in trainer.loggers:
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            lg.experiment.finish()  # the next job of a sequential sweep (same process) starts a run of its own
     return summary
 
 

@@ -25,7 +25,7 @@ NOT_IDENTITY = {
     "model": {"alias", "device"},
     "data": {"alias"},
     "activations": {"cache_dir", "harvest_batch_size"},
-    "sae": set(),
+    "sae": {"sparse_kernel"},  # how the products are computed, not what: the same gradients to float rounding
 }
 
 

@@ -50,6 +50,9 @@ def script_env(activation_cache_dir: Path | None = None) -> dict:
         PYTHONUNBUFFERED="1",
     )
     env.pop("WANDB_API_KEY", None)
+    # A W&B run in the test process itself exports its service's address; a script that inherited it would
+    # share that service (and its run IDs) with every other script of the session. Each starts its own, as a user's.
+    env.pop("WANDB_SERVICE", None)
     return env
 
 
