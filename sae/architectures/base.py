@@ -100,11 +100,20 @@ class SparseAutoencoder(nn.Module, ABC):
         elif b_dec_init == "mean":
             self.b_dec.copy_(scaled.mean(dim=0))
 
+    @property
+    def unit_norm_decoder(self) -> bool:
+        """Whether decoder rows are held at unit norm; architectures with the setting read it from there."""
+        return bool(getattr(self.settings, "unit_norm_decoder", False))
+
     def before_optimizer_step_(self) -> None:
-        """Hook after backward, before the optimizer step (e.g. project decoder gradients)."""
+        """Hook after backward, before the optimizer step: a unit-norm decoder loses its parallel gradient."""
+        if self.unit_norm_decoder:
+            self.remove_parallel_decoder_grad_()
 
     def after_optimizer_step_(self) -> None:
-        """Hook after the optimizer step (e.g. renormalise decoder rows)."""
+        """Hook after the optimizer step: a unit-norm decoder is renormalised."""
+        if self.unit_norm_decoder:
+            self.normalize_decoder_()
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:

@@ -105,11 +105,3 @@ class JumpReLUSAE(SparseAutoencoder):
         reconstruction = self.squared_error(x, x_hat).sum(dim=-1).mean()
         l0 = StepFunction.apply(z, threshold, self.settings.bandwidth).sum(dim=-1).mean()
         return LossTerms(reconstruction + sparsity_coefficient * l0, reconstruction, l0, reconstruction.new_zeros(()), x_hat, f)
-
-    def before_optimizer_step_(self) -> None:
-        if self.settings.unit_norm_decoder:
-            self.remove_parallel_decoder_grad_()
-
-    def after_optimizer_step_(self) -> None:
-        if self.settings.unit_norm_decoder:
-            self.normalize_decoder_()

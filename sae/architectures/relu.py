@@ -77,11 +77,3 @@ class ReLUSAE(SparseAutoencoder):
         return LossTerms(
             reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, step.x_hat, step.features, step.sparse
         )
-
-    def before_optimizer_step_(self) -> None:
-        if self.settings.unit_norm_decoder:
-            self.remove_parallel_decoder_grad_()
-
-    def after_optimizer_step_(self) -> None:
-        if self.settings.unit_norm_decoder:
-            self.normalize_decoder_()

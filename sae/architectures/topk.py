@@ -101,8 +101,6 @@ class TopKSAE(SparseAutoencoder):
         fired = (f > 0).reshape(-1, self.n_features).any(dim=0)
         self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
 
-    def before_optimizer_step_(self) -> None:
-        self.remove_parallel_decoder_grad_()
-
-    def after_optimizer_step_(self) -> None:
-        self.normalize_decoder_()
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return True  # Gao et al. 2024: decoder rows always at unit norm
