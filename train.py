@@ -32,10 +32,12 @@ from sae.datamodule import ActivationDataModule
 from sae.files import atomic_write_json
 from sae.io import WEIGHTS, save_sae
 from sae.lm import check_context_length, lazy_bridge
+from sae.lockstep import MemberBatches, run_in_lockstep
 from sae.module import SAETrainingModule
 from sae.resampling import resample_schedule
 from sae.run_identity import check_checkpoint, claim_run_dir, training_identity
 from sae.run_logger import build_logger
+from sae.sweep_groups import load_members
 
 register_configs()
 
@@ -73,7 +75,7 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     return last
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule) -> list[L.Callback]:
+def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule, lockstep=None) -> list[L.Callback]:
     """Callbacks with a `summary()` method also contribute to the run's summary.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -99,6 +101,7 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: Activat
                 cfg.trainer.eval_every_n_steps,
                 cfg.trainer.heldout_tokens,
                 cfg.activations.harvest_batch_size,
+                shared=lockstep.shared if lockstep else None,
             )
         )
     if cfg.trainer.progress_bar:
@@ -106,7 +109,8 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: Activat
     return callbacks
 
 
-def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep: MemberBatches | None = None) -> dict:
+    """One run. In a grouped sweep the group's runs share `bridge` (the model) and `lockstep` (the batches)."""
     summary_path = run_dir / "summary.json"
     last = start_up_checks(cfg, run_dir, resolved)
     if (run_dir / "sae" / WEIGHTS).exists() and summary_path.exists():
@@ -116,9 +120,9 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
 
-    bridge = lazy_bridge(cfg.model)
-    datamodule = ActivationDataModule(cfg, bridge)
-    callbacks = build_callbacks(cfg, run_dir, bridge, datamodule)
+    bridge = bridge or lazy_bridge(cfg.model)
+    datamodule = ActivationDataModule(cfg, bridge, lockstep)
+    callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep)
     sae = build_sae(cfg, datamodule.init_sample())
     module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
 
@@ -179,17 +183,31 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> dict | None:
-    try:
+def train_group(group_dir: Path) -> list[dict]:
+    """The runs of one group of a grouped sweep (sae/sweep_groups.py), side by side on shared batches."""
+    runs = []
+    for cfg, run_dir in load_members(group_dir):
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
         objects = to_objects(cfg, TrainConfig)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        objects.trainer.progress_bar = False  # one bar per run would interleave
+        runs.append((objects, run_dir, OmegaConf.to_container(cfg, resolve=True)))
+    for objects, run_dir, resolved in runs:  # every run's config problem before any training
+        start_up_checks(objects, run_dir, resolved)
+    print(f"grouped sweep: {len(runs)} runs on one activation stream: " + ", ".join(r[1].name for r in runs))
+    bridge = lazy_bridge(runs[0][0].model)
+    summaries, made = run_in_lockstep(len(runs), lambda i, batches: train(*runs[i], bridge=bridge, lockstep=batches))
+    print(f"grouped sweep: {made} batches made for {len(runs)} runs")
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> dict | list[dict] | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
-        return train(objects, run_dir, resolved)
+        if OmegaConf.select(cfg, "sweep.group"):
+            return train_group(run_dir)
+        objects = to_objects(cfg, TrainConfig)
+        return train(objects, run_dir, OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -6,7 +6,8 @@
   sweep's frontier compares held-out sparsity with held-out reconstruction rather than the last
   training batch's.
 
-The model loads lazily on first use, so runs that never evaluate never load it.
+The model loads lazily on first use, so runs that never evaluate never load it. The runs of a
+grouped sweep share the held-out activations through `shared(name, make)`.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ class ReconstructionScoreCallback(L.Callback):
         every_n_steps: int,
         heldout_stats_tokens: int = 0,
         harvest_batch_size: int = 32,
+        shared: Callable[[str, Callable[[], object]], object] | None = None,
     ):
         self.bridge = bridge
         self.model_cfg, self.data_cfg = model_cfg, data_cfg
         self.n_tokens, self.every_n_steps = n_tokens, every_n_steps
         self.heldout_stats_tokens, self.harvest_batch_size = heldout_stats_tokens, harvest_batch_size
+        self.shared = shared or (lambda name, make: make())
         self._tokens: torch.Tensor | None = None
         self.last: dict[str, float] = {}
         self.heldout: dict[str, float] = {}
@@ -68,16 +71,25 @@ class ReconstructionScoreCallback(L.Callback):
     @torch.no_grad()
     def heldout_statistics(self, sae) -> dict[str, float]:
         """`eval/l0`, `eval/explained_variance`, ... on the first held-out activations (BOS dropped, as in training)."""
-        from sae.activations import harvest
-
         was_training = sae.training
         sae.eval()
-        stream = harvest(self.bridge(), self.model_cfg, self.data_cfg, self.harvest_batch_size, split="heldout")
-        stats = activation_stats(sae, stream, self.heldout_stats_tokens).result()
+        chunks = self.shared("heldout_activations", self._heldout_activations)
+        stats = activation_stats(sae, iter(chunks), self.heldout_stats_tokens).result()
         sae.train(was_training)
         out = {f"eval/{k}": float(stats[k]) for k in HELDOUT_STATS if k in stats}
         out["eval/heldout_tokens"] = float(stats["tokens"])
         return out
+
+    def _heldout_activations(self) -> list[torch.Tensor]:
+        from sae.activations import harvest
+
+        chunks, n = [], 0
+        for chunk in harvest(self.bridge(), self.model_cfg, self.data_cfg, self.harvest_batch_size, split="heldout"):
+            chunks.append(chunk)
+            n += len(chunk)
+            if n >= self.heldout_stats_tokens:
+                break
+        return chunks
 
     def summary(self) -> dict[str, float]:
         return {**self.last, **self.heldout}

@@ -305,7 +305,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = MISSING
     run_name: str = MISSING
-    sweep: Optional[Any] = None  # filled by `+sweep=NAME`; read by the sweep report
+    # Filled by `+sweep=NAME` (read by the sweep report). `sweep.grouped=true`: a multirun's runs that read the
+    # same activations in the same order train as one job, each batch read or harvested once (sae/sweep_groups.py).
+    sweep: Any = field(default_factory=lambda: {"grouped": False})
 
 
 def _slug(value: str) -> str:

@@ -16,6 +16,7 @@ import torch
 
 from sae.activations import ActivationCache, ShuffleBuffer, build_cache, harvest
 from sae.config import TrainConfig
+from sae.lockstep import MemberBatches
 
 SAMPLE_FOR_INIT = 8192
 
@@ -137,10 +138,14 @@ class StreamedBatches:
 
 
 class ActivationDataModule(L.LightningDataModule):
-    """Activations for one run, from the on-disk cache (`activations.cache=true`) or streamed from the model."""
+    """Activations for one run, from the on-disk cache (`activations.cache=true`) or streamed from the model.
 
-    def __init__(self, cfg: TrainConfig, bridge: Callable[[], object]):
+    With `lockstep` (a grouped sweep), the cache and the batches are shared with the group's other runs.
+    """
+
+    def __init__(self, cfg: TrainConfig, bridge: Callable[[], object], lockstep: MemberBatches | None = None):
         super().__init__()
+        self.lockstep = lockstep
         self.model_cfg, self.data_cfg, self.act_cfg = cfg.model, cfg.data, cfg.activations
         self.batch_size, self.total_steps, self.seed = cfg.sae.batch_size, cfg.sae.total_steps, cfg.sae.seed
         self.bridge = bridge
@@ -154,7 +159,8 @@ class ActivationDataModule(L.LightningDataModule):
 
     def cache(self) -> ActivationCache:
         if self._cache is None:
-            self._cache = build_cache(self.bridge, self.model_cfg, self.data_cfg, self.act_cfg, seed=self.seed)
+            build = lambda: build_cache(self.bridge, self.model_cfg, self.data_cfg, self.act_cfg, seed=self.seed)
+            self._cache = self.lockstep.shared("cache", build) if self.lockstep else build()
         return self._cache
 
     def _chunks_from(self, contexts: int) -> Iterator[torch.Tensor]:
@@ -181,21 +187,27 @@ class ActivationDataModule(L.LightningDataModule):
         yield from self._chunks_from(self._batches.position(step))
         yield from self._chunks_from(0)
 
-    def train_dataloader(self):
+    def _batches_from(self, start: int, stream_state: dict | None) -> CachedBatches | StreamedBatches:
         if self.cached:
-            start = self._resume["step"] if self._resume else 0
-            self._batches = CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
+            return CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
+        return StreamedBatches(
+            self._chunks_from,
+            self.act_cfg.harvest_batch_size,
+            self.batch_size,
+            self.total_steps,
+            self.act_cfg.buffer_tokens,
+            self.seed,
+            stream_state,
+        )
+
+    def train_dataloader(self):
+        start = self._resume["step"] if self._resume else 0
+        stream_state = self._resume.get("stream") if self._resume else None
+        if self.lockstep:
+            build = lambda: self._batches_from(start, stream_state)
+            self._batches = self.lockstep.register(start, self.total_steps, build)
         else:
-            state = self._resume.get("stream") if self._resume else None
-            self._batches = StreamedBatches(
-                self._chunks_from,
-                self.act_cfg.harvest_batch_size,
-                self.batch_size,
-                self.total_steps,
-                self.act_cfg.buffer_tokens,
-                self.seed,
-                state,
-            )
+            self._batches = self._batches_from(start, stream_state)
         return self._batches
 
     def state_dict(self) -> dict:

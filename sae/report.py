@@ -145,7 +145,7 @@ def aggregate(rows: list[RunRow]) -> list[Setting]:
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     """Every job directory under the sweep: one with Hydra's `.hydra/` record or a `summary.json`."""
-    skip = {".submitit", "wandb", "plots", "checkpoints", "sae"}
+    skip = {".submitit", ".groups", "wandb", "plots", "checkpoints", "sae"}
     found = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
     found |= {p.parent for p in sweep_dir.rglob("summary.json")}
     return sorted(d for d in found if d != sweep_dir and not skip & set(d.relative_to(sweep_dir).parts))

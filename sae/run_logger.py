@@ -49,6 +49,7 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict, 
         save_dir=str(run_dir),
         id=run_id,
         resume="allow",
+        reinit="create_new",  # runs of a grouped sweep are open side by side in one process
         mode=wandb_mode(cfg),
         config=config,
         job_type=job_type,

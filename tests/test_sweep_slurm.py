@@ -50,7 +50,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float, pattern: str |
         time.sleep(0.5)
 
 
-def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
+def _sweep_signalled_mid_run(slurm, tmp_path, *extra: str) -> tuple[Path, Path, Path, str]:
+    """The smoke sweep (two runs) through Slurm; array task 0 gets, once run 0 has written its first
+    checkpoint, the signal Slurm sends before a time limit. Returns (sweep dir, cache dir, run 0, Slurm job id)."""
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     args = [
         sys.executable,
@@ -71,38 +73,34 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
         "logger=csv",
         f"hydra.sweep.dir={sweep_dir}",
         f"activations.cache_dir={cache_dir}",
+        *extra,
     ]
     log_path = tmp_path / "sweep.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, cwd=REPO, env={**script_env(), **slurm.env}, stdout=log, stderr=subprocess.STDOUT)
         try:
-            # Job #0 (x1, l1=3e-4) wrote its first checkpoint: signal it as Slurm does before a time limit.
             # The run directory ends in a hash of the training config: found by its readable part.
             pattern = "smollm2-L2-hook_mlp_out_anthropic_2023_relu_x1_l1=3e-4_lr=1e-4_tok=76.8k_seed=0-*/checkpoints/last.ckpt"
             _wait_for(sweep_dir, proc, timeout=600, pattern=pattern)
             run0 = next(sweep_dir.glob(pattern)).parent.parent
-            array_id = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=slurm.env).stdout.split()[
-                0
-            ]
-            subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", f"{array_id}_0"], check=True, env=slurm.env)
+            # Task 0 of the array, or the job itself when the sweep is one job (submitit submits no array of one).
+            queue = subprocess.run(["squeue", "-h", "-o", "%F %i"], capture_output=True, text=True, env=slurm.env).stdout
+            job = next(i for a, i in (line.split() for line in queue.splitlines()) if i in (f"{a}_0", a))
+            subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job], check=True, env=slurm.env)
             proc.wait(timeout=900)
         finally:
             if proc.poll() is None:
                 proc.kill()
     output = log_path.read_text(errors="replace")
     assert proc.returncode == 0, f"{output[-4000:]}\n{slurm.logs()[-3000:]}"
-
-    # Slurm requeued job 0 once (submitit's handler, not Lightning's own SLURM requeue, which would leave an
-    # hpc_ckpt_*.ckpt); its second attempt resumed from the checkpoint in the same directory.
     history = subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-j", f"{array_id}_0", "-o", "State"], capture_output=True, text=True, env=slurm.env
+        ["sacct", "-n", "-X", "-D", "-j", job, "-o", "State"], capture_output=True, text=True, env=slurm.env
     ).stdout.split()
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
-    job0_logs = "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit").glob(f"{array_id}_0*/*_log.*"))
-    assert "Job has timed out" in job0_logs and "remaining timeouts)" in job0_logs  # submitit requeued it
-    assert f"resuming from {run0 / 'checkpoints' / 'last.ckpt'}" in job0_logs
-    assert not list(run0.glob("hpc_ckpt_*.ckpt"))
+    return sweep_dir, cache_dir, run0, job
 
+
+def _assert_finished_report(sweep_dir: Path) -> None:
     with open(sweep_dir / "report.csv") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
     assert len(rows) == 2
@@ -110,4 +108,28 @@ def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
         summary = read_json(sweep_dir / path / "summary.json")
         assert summary["steps"] == STEPS and row["status"] == "finished"
         assert float(row["l0"]) > 0 and 0 < float(row["explained_variance"]) <= 1
+
+
+def test_slurm_sweep_runs_requeues_and_resumes(slurm, tmp_path):
+    sweep_dir, cache_dir, run0, job = _sweep_signalled_mid_run(slurm, tmp_path)
+    # Slurm requeued job 0 once (submitit's handler, not Lightning's own SLURM requeue, which would leave an
+    # hpc_ckpt_*.ckpt); its second attempt resumed from the checkpoint in the same directory.
+    job0_logs = "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit").glob(f"{job}*/*_log.*"))
+    assert "Job has timed out" in job0_logs and "remaining timeouts)" in job0_logs  # submitit requeued it
+    assert f"resuming from {run0 / 'checkpoints' / 'last.ckpt'}" in job0_logs
+    assert not list(run0.glob("hpc_ckpt_*.ckpt"))
+
+    _assert_finished_report(sweep_dir)
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1  # both jobs trained from one harvest
+
+
+def test_slurm_grouped_sweep_is_one_task_that_requeues_and_resumes_every_run(slurm, tmp_path):
+    """`sweep.grouped=true`: both runs in one Slurm job; signalled, it requeues and each run resumes from its own checkpoint."""
+    sweep_dir, _, run0, job = _sweep_signalled_mid_run(slurm, tmp_path, "sweep.grouped=true")
+    jobs = [p.name for p in (sweep_dir / ".submitit").iterdir() if not p.name.startswith(".")]
+    assert jobs == [job]  # one Slurm job for the group
+    logs = "".join(p.read_text(errors="replace") for p in (sweep_dir / ".submitit" / job).glob("*_log.*"))
+    assert "grouped sweep: 2 runs" in logs and "Job has timed out" in logs
+    assert f"resuming from {run0 / 'checkpoints' / 'last.ckpt'}" in logs
+    assert logs.count("resuming from") == 2  # the other run had its own checkpoint, too
+    _assert_finished_report(sweep_dir)
