@@ -1,8 +1,8 @@
 """Wall time of the `lr_l1` sweep (12 SAEs) grouped (`sweep.grouped=true`: one job reads each batch once
 and steps every SAE on it) against the same multirun ungrouped (one job after another), side by side.
 
-    python bench/sweep_grouped.py                          # streamed and cached, 51,200 tokens per run
-    python bench/sweep_grouped.py --tokens 25600 --modes streamed
+    python bench/sweep_grouped.py                          # streamed and cached, 25,600 tokens per run
+    python bench/sweep_grouped.py --tokens 102400 --modes streamed
 
 streamed: `activations.cache=false`, so ungrouped, every run harvests its activations from the model;
 grouped, one harvest feeds all twelve. cached: every run reads one activation cache harvested before the
@@ -55,7 +55,7 @@ def same_saes(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=51_200, help="training tokens per run (sae.tokens)")
+    parser.add_argument("--tokens", type=int, default=25_600, help="training tokens per run (sae.tokens)")
     parser.add_argument("--modes", nargs="+", default=["streamed", "cached"], choices=["streamed", "cached"])
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()

@@ -170,6 +170,10 @@ class ActivationDataModule(L.LightningDataModule):
         """Activations for initialising the SAE (input scale, b_dec)."""
         if self.cached:
             return self.cache().sample(SAMPLE_FOR_INIT, self.seed)
+        return self.lockstep.shared("init_sample", self._streamed_sample) if self.lockstep else self._streamed_sample()
+
+    def _streamed_sample(self) -> torch.Tensor:
+        """The first shuffle-buffer output: the buffer fills once, so a group's runs share it."""
         first = next(iter(ShuffleBuffer(self.act_cfg.buffer_tokens, self.seed)(self._chunks_from(0))), None)
         if first is None:
             raise ValueError("the data source produced no tokens; check data.* (files, split, text_column).")
