@@ -75,7 +75,9 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     return last
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule, lockstep=None) -> list[L.Callback]:
+def build_callbacks(
+    cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule, lockstep: MemberBatches | None = None
+) -> list[L.Callback]:
     """Callbacks with a `summary()` method also contribute to the run's summary.json."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,23 @@ def run_script(
             f"{script} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def kill_script_when(script: str, args: list[str], ready, timeout: float = 900) -> None:
+    """Start `python <script> <args>` and SIGKILL it (and its children) as soon as `ready()` is true."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def train_tiny(run_dir: Path, activation_cache_dir: Path, *extra: str, check: bool = True, env: dict | None = None):

@@ -5,16 +5,12 @@ runs trained one by one (bitwise), also after the grouped job is killed and run 
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
-from conftest import REPO, TINY, read_json, run_script, script_env
+from conftest import TINY, kill_script_when, read_json, run_script
 from test_streamed_resume import STREAMED
 from test_train import assert_same_run
 
@@ -96,19 +92,7 @@ def test_grouped_streamed_sweep_equals_separate_runs_after_a_kill(tmp_path, acti
     # The grouped job, killed as soon as one of its runs has a checkpoint, then run again.
     grouped = tmp_path / "grouped"
     args = [*_multirun(grouped, "sweep.grouped=true"), f"activations.cache_dir={activation_cache_dir}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=script_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 900
-    while not list(grouped.glob("*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_script_when("train.py", args, lambda: bool(list(grouped.glob("*/checkpoints/last.ckpt"))))
     assert list(grouped.glob("*/checkpoints/last.ckpt")) and not _runs(grouped), "kill the job mid-run"
     ckpts = [run / "checkpoints" / "last.ckpt" for run in grouped.glob("smollm2*")]
     resume_from = min(torch.load(c, weights_only=True)["global_step"] if c.exists() else 0 for c in ckpts)

@@ -1,15 +1,10 @@
 """End to end: `python train.py` on the embedded model with a tiny budget, and exact resuming after a kill -9."""
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, TINY, read_json, script_env, train_tiny
+from conftest import TINY, kill_script_when, read_json, train_tiny
 from safetensors.torch import load_file
 from wandb_records import history, run_file
 
@@ -65,20 +60,8 @@ RESAMPLING = [
 def kill_after_first_checkpoint(run_dir, activation_cache_dir, *extra: str) -> int:
     """Start the run, SIGKILL it as soon as its first checkpoint exists; return the checkpoint's step."""
     args = [*TINY, *extra, f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=script_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 900
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_script_when("train.py", args, ckpt.exists)
     assert ckpt.exists(), "the run never wrote a checkpoint"
     assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
     return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
