@@ -40,7 +40,6 @@ from sae.activations import build_cache  # noqa: E402
 from sae.architectures import SparseAutoencoder  # noqa: E402
 from sae.architectures import build_sae as build_architecture  # noqa: E402
 from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
-from sae.datamodule import ActivationDataModule  # noqa: E402
 from sae.lm import lazy_bridge  # noqa: E402
 from sae.module import SAETrainingModule, l1_warmup_factor, lr_decay_factor  # noqa: E402
 from train import build_sae  # noqa: E402
@@ -119,7 +118,6 @@ def train_lightning(init: SparseAutoencoder, cfg: SAEConfig, acts: torch.Tensor)
     sae = copy.deepcopy(init)
     module = SAETrainingModule(sae, cfg, log_every_n_steps=50)
     clock: dict = {}
-    datamodule = ActivationDataModule(lambda start: SameBatches(acts, cfg.batch_size, cfg.total_steps, clock))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -133,7 +131,7 @@ def train_lightning(init: SparseAutoencoder, cfg: SAEConfig, acts: torch.Tensor)
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, train_dataloaders=SameBatches(acts, cfg.batch_size, cfg.total_steps, clock))
     return time.perf_counter() - clock["start"], sae
 
 
