@@ -37,6 +37,14 @@ def shared_work_key(task_cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _task_config(cfg: DictConfig) -> DictConfig:
+    """The job's config without its `hydra` node, as the task function receives it."""
+    task = copy.deepcopy(cfg)
+    with open_dict(task):
+        del task["hydra"]
+    return task
+
+
 def record_run(cfg: DictConfig, run_dir: Path, job_num: int) -> None:
     """The `.hydra/` record Hydra writes in a job's directory (config unresolved, as Hydra saves it)."""
     hydra_dir = run_dir / ".hydra"
@@ -46,10 +54,7 @@ def record_run(cfg: DictConfig, run_dir: Path, job_num: int) -> None:
         hydra_node.runtime.output_dir = str(run_dir)
         hydra_node.job.num = job_num
         hydra_node.job.id = f"{hydra_node.job.name}_{job_num}"
-    task = copy.deepcopy(cfg)
-    with open_dict(task):
-        del task["hydra"]
-    OmegaConf.save(task, hydra_dir / "config.yaml")
+    OmegaConf.save(_task_config(cfg), hydra_dir / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": hydra_node}), hydra_dir / "hydra.yaml")
     OmegaConf.save(hydra_node.overrides.task, hydra_dir / "overrides.yaml")
 
@@ -61,10 +66,7 @@ def plan_groups(jobs: list[list[str]], compose: Callable[[list[str]], DictConfig
     for num, overrides in enumerate(jobs):
         cfg = compose(overrides)
         run_dir = (Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)).absolute()
-        task = copy.deepcopy(cfg)
-        with open_dict(task):
-            del task["hydra"]
-        key = shared_work_key(task)
+        key = shared_work_key(_task_config(cfg))
         record_run(cfg, run_dir, num)
         groups.setdefault(key, []).append(run_dir)
         first_overrides.setdefault(key, list(overrides))
