@@ -6,10 +6,13 @@ so that each input fires about L0 latents (measured L0 is printed), on Gaussian 
 several L0 and batch sizes; the variants alternate, and each figure is the median. `auto` is
 the kernel a run uses by default: it should track the faster of dense and sparse. `auto+fused`
 also uses Adam's fused (one-pass) implementation: with sparse products, the optimizer's passes
-over the 5.3M parameters become a large share of a CPU step.
+over the 5.3M parameters become a large share of a CPU step. On a GPU (`--device cuda`) the
+variants can include `dense+compile` (`--compile`): the dense step's loss under `torch.compile`,
+which fuses the elementwise work around the matrix products.
 
     python bench/sparse_step.py                      # d 576 -> 4,608, L0 10/50/200/1000, batch 512/4096
     python bench/sparse_step.py --d-in 64 --n-features 512 --l0 8 64 --batch-size 64 --steps 2   # a quick check
+    python bench/sparse_step.py --device cuda --n-features 4608 36864 --l0 32 200 --batch-size 4096 --steps 20
 """
 
 from __future__ import annotations
@@ -27,26 +30,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 from sae.architectures import ReLUSAE  # noqa: E402
-from sae.sparse import MAX_SPARSE_DENSITY  # noqa: E402
+from sae.sparse import auto_density_limit  # noqa: E402
 
-# (label, kernel, fused Adam): the last shows what a one-pass optimizer adds once the products are sparse.
-VARIANTS = (("dense", "dense", False), ("sparse", "sparse", False), ("auto", "auto", False), ("auto+fused", "auto", True))
+# (label, kernel, fused Adam, compiled loss): fused shows what a one-pass optimizer adds once the products are
+# sparse; the compiled dense step is timed on GPUs only (`--compile`).
+VARIANTS = (
+    ("dense", "dense", False, False),
+    ("sparse", "sparse", False, False),
+    ("auto", "auto", False, False),
+    ("auto+fused", "auto", True, False),
+)
+COMPILED_VARIANTS = (*VARIANTS, ("dense+compile", "dense", False, True))
 
 
-def sae_firing(d_in: int, n_features: int, l0: int, seed: int = 0) -> ReLUSAE:
+def sae_firing(d_in: int, n_features: int, l0: int, device: str, seed: int = 0) -> ReLUSAE:
     """The 2023 recipe's SAE (unit-norm decoder), its latents each firing on a fraction l0/n of Gaussian inputs."""
     torch.manual_seed(seed)
-    sae = ReLUSAE(d_in, n_features)
+    sae = ReLUSAE(d_in, n_features).to(device)
     with torch.no_grad():
-        pre = torch.randn(2048, d_in) @ sae.W_enc
-        sae.b_enc.copy_(-torch.quantile(pre, 1 - l0 / n_features, dim=0))
+        pre = torch.randn(2048, d_in, device=device) @ sae.W_enc
+        threshold = pre.kthvalue(round(2048 * (1 - l0 / n_features)), dim=0).values
+        sae.b_enc.copy_(-threshold)
     return sae
 
 
-def train_step(sae: ReLUSAE, opt: torch.optim.Optimizer, x: torch.Tensor, kernel: str) -> tuple[bool, float]:
+def train_step(sae: ReLUSAE, opt: torch.optim.Optimizer, x: torch.Tensor, kernel: str, loss=None) -> tuple[bool, float]:
     """What SAETrainingModule does per batch, without Lightning around it."""
     sae.sparse_kernel = kernel
-    terms = sae.loss(x, 1e-4)
+    terms = (loss or sae.loss)(x, 1e-4)
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     sae.before_optimizer_step_()
@@ -55,67 +66,93 @@ def train_step(sae: ReLUSAE, opt: torch.optim.Optimizer, x: torch.Tensor, kernel
     return terms.sparse_path, float((terms.features > 0).sum(-1).float().mean())
 
 
-def measure(d_in: int, n_features: int, l0: int, batch: int, steps: int, repeats: int) -> dict[str, tuple[float, float, float]]:
+def measure(
+    d_in: int, n_features: int, l0: int, batch: int, steps: int, repeats: int, device: str, variants
+) -> dict[str, tuple[float, float, float]]:
     """variant -> (tokens/s median, measured L0, fraction of steps on the sparse path)."""
-    saes = {label: sae_firing(d_in, n_features, l0) for label, _, _ in VARIANTS}
+    saes = {label: sae_firing(d_in, n_features, l0, device) for label, *_ in variants}
     # A tiny lr keeps L0 where it was set during the timed steps.
-    opts = {label: torch.optim.Adam(saes[label].parameters(), lr=1e-6, fused=fused) for label, _, fused in VARIANTS}
-    batches = [torch.randn(batch, d_in) for _ in range(steps)]
-    times: dict[str, list[float]] = {label: [] for label, _, _ in VARIANTS}
-    l0s: dict[str, list[float]] = {label: [] for label, _, _ in VARIANTS}
-    sparse: dict[str, list[bool]] = {label: [] for label, _, _ in VARIANTS}
-    for label, kernel, _ in VARIANTS:  # warm-up: allocator, thread pools
-        train_step(saes[label], opts[label], batches[0], kernel)
+    opts = {label: torch.optim.Adam(saes[label].parameters(), lr=1e-6, fused=fused) for label, _, fused, _ in variants}
+    losses = {label: torch.compile(saes[label].loss) if compiled else None for label, _, _, compiled in variants}
+    batches = [torch.randn(batch, d_in, device=device) for _ in range(steps)]
+    times: dict[str, list[float]] = {label: [] for label, *_ in variants}
+    l0s: dict[str, list[float]] = {label: [] for label, *_ in variants}
+    sparse: dict[str, list[bool]] = {label: [] for label, *_ in variants}
+    for label, kernel, *_ in variants:  # warm-up: allocator, thread pools, compilation
+        for _ in range(3):
+            train_step(saes[label], opts[label], batches[0], kernel, losses[label])
     for _ in range(repeats):
-        for label, kernel, _ in VARIANTS:  # interleaved, so a busy moment hits all variants alike
+        for label, kernel, *_ in variants:  # interleaved, so a busy moment hits all variants alike
+            _synchronize(device)
             start = time.perf_counter()
             for x in batches:
-                took_sparse, measured_l0 = train_step(saes[label], opts[label], x, kernel)
+                took_sparse, measured_l0 = train_step(saes[label], opts[label], x, kernel, losses[label])
                 sparse[label].append(took_sparse)
                 l0s[label].append(measured_l0)
+            _synchronize(device)
             times[label].append(time.perf_counter() - start)
     return {
         label: (steps * batch / statistics.median(times[label]), statistics.mean(l0s[label]), statistics.mean(sparse[label]))
-        for label, _, _ in VARIANTS
+        for label, *_ in variants
     }
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=576)
-    ap.add_argument("--n-features", type=int, default=4608)
+    ap.add_argument("--n-features", type=int, nargs="+", default=[4608])
     ap.add_argument("--l0", type=int, nargs="+", default=[10, 50, 200, 1000])
     ap.add_argument("--batch-size", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    ap.add_argument(
+        "--matmul-precision", choices=["highest", "high"], default="highest", help="high: TF32 products on GPUs that have it"
+    )
+    ap.add_argument("--compile", action="store_true", help="also time the dense step under torch.compile (GPU only)")
     args = ap.parse_args()
-    bad = [l0 for l0 in args.l0 if not 0 < l0 < args.n_features]
+    torch.set_float32_matmul_precision(args.matmul_precision)
+    bad = [l0 for l0 in args.l0 if not 0 < l0 < min(args.n_features)]
     if bad:
-        ap.error(f"--l0 {bad}: each L0 must lie between 1 and --n-features - 1 ({args.n_features - 1}).")
+        ap.error(f"--l0 {bad}: each L0 must lie between 1 and the smallest --n-features - 1 ({min(args.n_features) - 1}).")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu.")
+    if args.compile and not args.device.startswith("cuda"):
+        ap.error("--compile: the compiled step is measured on GPUs only (--device cuda).")
+    variants = COMPILED_VARIANTS if args.compile else VARIANTS
 
     print(f"machine: {describe()}")
     print(
-        f"SAE {args.d_in} -> {args.n_features}, float32, {args.steps} steps x {args.repeats} repeats (median); "
-        f"auto takes the sparse path at density <= {MAX_SPARSE_DENSITY}"
+        f"SAE d_in {args.d_in}, float32 ({args.matmul_precision} matmul precision) on {args.device}, "
+        f"{args.steps} steps x {args.repeats} repeats (median); auto's density limit per n: "
+        + ", ".join(
+            f"{n} {auto_density_limit(torch.device(args.device).type, n, args.matmul_precision)}" for n in args.n_features
+        )
     )
-    labels = [label for label, _, _ in VARIANTS]
+    labels = [label for label, *_ in variants]
     print(
-        f"{'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
+        f"{'n':>7} {'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
         + " ".join(f"{label + ' tok/s':>17}" for label in labels)
         + " "
         + " ".join(f"{label + '/dense':>17}" for label in labels[1:])
     )
-    for batch in args.batch_size:
-        for l0 in args.l0:
-            r = measure(args.d_in, args.n_features, l0, batch, args.steps, args.repeats)
-            dense, measured_l0 = r["dense"][0], r["dense"][1]
-            print(
-                f"{batch:>6} {l0:>7} {measured_l0:>7.1f} {measured_l0 / args.n_features:>8.2%} {r['auto'][2]:>12.0%} "
-                + " ".join(f"{r[label][0]:>17.0f}" for label in labels)
-                + " "
-                + " ".join(f"{r[label][0] / dense:>16.2f}x" for label in labels[1:]),
-                flush=True,
-            )
+    for n in args.n_features:
+        for batch in args.batch_size:
+            for l0 in args.l0:
+                r = measure(args.d_in, n, l0, batch, args.steps, args.repeats, args.device, variants)
+                dense, measured_l0 = r["dense"][0], r["dense"][1]
+                print(
+                    f"{n:>7} {batch:>6} {l0:>7} {measured_l0:>7.1f} {measured_l0 / n:>8.2%} {r['auto'][2]:>12.0%} "
+                    + " ".join(f"{r[label][0]:>17.0f}" for label in labels)
+                    + " "
+                    + " ".join(f"{r[label][0] / dense:>16.2f}x" for label in labels[1:]),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

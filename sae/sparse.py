@@ -9,7 +9,8 @@ products are gathers and weighted sums of rows — `embedding_bag` (sum mode wit
 weights) and `sampled_addmm` — which on CPU beat both a dense matmul at low density and
 `torch.sparse.mm` on CSR tensors (measured: bench/sparse_step.py). When too many latents are
 active (early in training, high L0) the same autograd function runs the dense products instead,
-decided per batch from the active fraction.
+decided per batch from the active fraction. On a GPU the dense products run so fast that the
+gathers pay only for wide SAEs (16k latents and more) at a lower active fraction.
 
 The activation σ may be any selection f = pre ⊙ mask (ReLU, TopK, BatchTopK): the gradient of f
 with respect to the pre-activation is taken as 1 where f ≠ 0 and 0 elsewhere, which is what
@@ -26,9 +27,20 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("auto", "dense", "sparse")
-# Active fraction L0/n above which "auto" runs the dense products. On a 2-core CPU at d 576 → 4,608
-# the sparse step was 1.4× faster at 1% active, 1.2× at 5%, and 0.8× at 22% (bench/sparse_step.py).
-MAX_SPARSE_DENSITY = 0.1
+# Where "auto" takes the sparse products: (fewest latents, highest active fraction L0/n), measured as
+# training-step speed of the sparse path over the dense one (bench/sparse_step.py, d_in 576; the README
+# has the tables). Below the fewest latents "auto" runs the plain dense path: on a GPU the per-batch
+# check of the active fraction is a host sync, which costs ~10% of a fast step.
+AUTO_SPARSE = {
+    # 2-core CPU, n 4,608: 1.4× at 1% of the pairs active, 1.2× at 5%, 0.8× at 22%.
+    "cpu": (0, 0.1),
+    # H200, float32 products: ~1.0× for n 4,608 at 0.4-1.4% active (0.7× at 5.6%); 1.5-2.3× for n 18,432 at
+    # 0.15-1.4%; 2.4-3.0× for n 73,728 at 0.05-0.4%.
+    "cuda": (16_384, 0.02),
+    # H200, TF32 products (torch.set_float32_matmul_precision("high")), the same SAEs: 0.5-0.7× for n 4,608;
+    # 1.0× for n 18,432 at 0.15-0.4%; 1.55×, 1.4×, 1.1× for n 73,728 at 0.05%, 0.14%, 0.4%.
+    "cuda_tf32": (65_536, 0.002),
+}
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,15 +53,22 @@ class Forward:
 
 
 def sparse_kernel_applies(kernel: str, x: torch.Tensor) -> bool:
-    """Whether `kernel` runs the autograd function here: "auto" only for float32 CPU training without autocast."""
+    """Whether `kernel` runs the autograd function here: "auto" only for float32 CPU or CUDA training without autocast."""
     if kernel not in KERNELS:
         raise ValueError(f"sparse kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
     if kernel == "dense" or not torch.is_grad_enabled():
         return False
     if kernel == "sparse":
         return True
-    # GPUs run dense products at a far higher rate than gathers; keep the dense path there.
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    device = x.device.type
+    return device in ("cpu", "cuda") and x.dtype == torch.float32 and not torch.is_autocast_enabled(device)
+
+
+def auto_density_limit(device_type: str, n_features: int, matmul_precision: str = "highest") -> float | None:
+    """The active fraction up to which "auto" takes the sparse products here; None: never (no per-batch check)."""
+    key = device_type if device_type != "cuda" or matmul_precision == "highest" else "cuda_tf32"
+    fewest_latents, max_density = AUTO_SPARSE.get(key, AUTO_SPARSE["cpu"])
+    return max_density if n_features >= fewest_latents else None
 
 
 def encode_decode(
@@ -57,17 +76,24 @@ def encode_decode(
     x: torch.Tensor,
     activation: Activation,
     kernel: str = "auto",
-    max_density: float = MAX_SPARSE_DENSITY,
+    max_density: float | None = None,
 ) -> Forward:
     """x̂ and f = activation(pre-activation) of `sae` (a sae.architectures.SparseAutoencoder) on `x`.
 
     `kernel`: "dense" is the module's own pre_activation and decode; "sparse" always takes the sparse products;
-    "auto" takes them when at most `max_density` of the (input, latent) pairs are active.
+    "auto" takes them when at most `max_density` of the (input, latent) pairs are active (by default the
+    measured limit for x's device and the SAE's width, `auto_density_limit`).
     """
-    if not sparse_kernel_applies(kernel, x):
+    applies = sparse_kernel_applies(kernel, x)
+    if kernel == "sparse":
+        density_limit = 1.0
+    elif max_density is None:
+        density_limit = auto_density_limit(x.device.type, sae.W_enc.shape[1], torch.get_float32_matmul_precision())
+    else:
+        density_limit = max_density
+    if not applies or density_limit is None:
         f = activation(sae.pre_activation(x))
         return Forward(sae.decode(f), f, False)
-    density_limit = 1.0 if kernel == "sparse" else max_density
     f, recon, sparse = _EncodeDecode.apply(
         x, sae.input_scale, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, activation, density_limit
     )

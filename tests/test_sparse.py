@@ -15,7 +15,7 @@ from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
 from sae.module import SAETrainingModule
 from sae.resampling import resample_features_
-from sae.sparse import encode_decode
+from sae.sparse import AUTO_SPARSE, encode_decode
 
 
 def make_sae(d=24, n=96, seed=0, threshold=2.0, **settings):
@@ -128,6 +128,7 @@ def test_auto_switches_on_the_active_fraction_and_dense_is_the_module_forward():
     density = float((sae.encode(x) > 0).float().mean())
     assert encode_decode(sae, x, torch.relu, "auto", max_density=density).sparse
     assert not encode_decode(sae, x, torch.relu, "auto", max_density=density * 0.99).sparse
+    assert encode_decode(sae, x, torch.relu, "auto").sparse == (density <= AUTO_SPARSE["cpu"][1])  # the CPU's limit
     dense = encode_decode(sae, x, torch.relu, "dense")
     x_hat, f = sae(x)
     assert not dense.sparse and torch.equal(dense.x_hat, x_hat) and torch.equal(dense.features, f)
@@ -135,6 +136,17 @@ def test_auto_switches_on_the_active_fraction_and_dense_is_the_module_forward():
         assert not encode_decode(sae, x, torch.relu, "sparse").sparse
     with pytest.raises(ValueError, match="sparse kernel 'fast'"):
         encode_decode(sae, x, torch.relu, "fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_auto_takes_the_sparse_products_for_wide_saes_with_the_dense_gradients():
+    sae = make_sae(d=64, n=16_384, seed=7, threshold=5.0).to("cuda")  # ~0.1% of the pairs active
+    x = (2 * torch.randn(256, 64)).to("cuda")
+    out, loss, grads = loss_and_grads(sae, x, "auto", x_grad=True)
+    assert out.sparse
+    assert_same(out, loss, grads, *loss_and_grads(sae, x, "dense", x_grad=True))
+    narrow = make_sae(d=64, n=4096, seed=7, threshold=5.0).to("cuda")
+    assert not encode_decode(narrow, x, torch.relu, "auto").sparse
 
 
 def test_adam_steps_with_resampling_give_the_same_weights():
