@@ -7,8 +7,14 @@ The recipe is `sae=anthropic_2024`, the loss SAELens's "standard" SAE trains wit
 decay). After the same number of steps each SAE's loss, MSE, L0 and explained variance are measured by one
 function on the same held-out activations, so "as good" is compared, not only "as fast".
 
+A fresh SAE fires ~10% of its latents, where every trainer runs dense products; most of a long run is
+spent far sparser. `--warm-start-steps N` first trains the SAE N steps (the bare loop, untimed, λ
+warmed up, constant lr) and starts all three trainers from that SAE, so the timed steps show the
+speed of a run's bulk.
+
     bash scripts/setup_saelens.sh                       # once: builds .venv-saelens
     python bench/compare_saelens.py                     # d 576 -> 4,608, batches 512 and 4,096
+    python bench/compare_saelens.py --warm-start-steps 1000 --batch-sizes 512   # from a partly trained SAE
     python bench/compare_saelens.py --expansion 1 --batch-sizes 64 --steps 3 --cache-tokens 4096 --repeats 1   # a smoke run
 """
 
@@ -230,6 +236,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache-tokens", type=int, default=200_000)
     ap.add_argument("--heldout-tokens", type=int, default=8192)
+    ap.add_argument("--warm-start-steps", type=int, default=0, help="untimed training steps before the timed ones")
     args = ap.parse_args()
     if not SAELENS_PYTHON.exists():
         sys.exit(f"no SAELens environment at {SAELENS_PYTHON}: build it with `bash scripts/setup_saelens.sh`.")
@@ -260,6 +267,10 @@ def main() -> None:
             cfg = recipe(batch_size, args.steps, args.expansion)
             torch.manual_seed(cfg.seed)
             init = build_sae(SimpleNamespace(sae=cfg), acts[:8192])
+            if args.warm_start_steps:
+                warm_cfg = dataclasses.replace(recipe(batch_size, args.warm_start_steps, args.expansion), lr_decay_fraction=0.0)
+                init = train_bare(init, warm_cfg, acts)[1]
+                cfg = dataclasses.replace(cfg, l1_warmup_fraction=0.0)  # λ is warmed up already
             times: dict[str, list[float]] = {"this project (Lightning)": [], "SAELens SAETrainer": [], "bare torch loop": []}
             results = {}
             version = "?"
@@ -272,7 +283,8 @@ def main() -> None:
                 times["bare torch loop"].append(seconds)
             tokens = batch_size * args.steps
             rate = {name: tokens / min(t) for name, t in times.items()}
-            print(f"\nbatch {batch_size:,} ({tokens:,} tokens per run; SAELens {version})")
+            warm = f"; from the SAE after {args.warm_start_steps} untimed steps" if args.warm_start_steps else ""
+            print(f"\nbatch {batch_size:,} ({tokens:,} tokens per run{warm}; SAELens {version})")
             print(f"{'trainer':28s} {'tokens/s':>10s} {'loss':>10s} {'MSE':>10s} {'L0':>8s} {'expl.var':>9s}")
             for name in [*times, "(initial weights)"]:
                 q = quality(results.get(name, init), cfg, heldout)

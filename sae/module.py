@@ -49,16 +49,18 @@ class SAETrainingModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         terms = self.sae.loss(batch, self.l1_coefficient())
         self.sparse_path_steps = [self.sparse_path_steps[0] + terms.sparse_path, self.sparse_path_steps[1] + 1]
-        with torch.no_grad():
-            fired = terms.features > 0
+        fire_counts = terms.fire_counts
+        if fire_counts is None:  # the sparse products count them for free; a full pass over f otherwise
+            with torch.no_grad():
+                fire_counts = (terms.features > 0).sum(dim=0)
         if self.global_step % self.log_every_n_steps == 0:
-            self._log_step(batch, terms, fired)
-        return {"loss": terms.total, "fire_counts": fired.sum(dim=0)}
+            self._log_step(batch, terms, fire_counts)
+        return {"loss": terms.total, "fire_counts": fire_counts}
 
     @torch.no_grad()
-    def _log_step(self, batch, terms, fired) -> None:
+    def _log_step(self, batch, terms, fire_counts) -> None:
         """Written straight to the loggers every N steps: cheap, and no stale values repeated in between."""
-        l0 = fired.float().sum(dim=1).mean()
+        l0 = fire_counts.sum() / batch.shape[0]
         metrics = {
             "train/loss": terms.total,
             "train/reconstruction_loss": terms.reconstruction,

@@ -50,6 +50,8 @@ class Forward:
     x_hat: torch.Tensor
     features: torch.Tensor
     sparse: bool  # whether this batch took the sparse products
+    # Inputs each latent fired on, when the sparse products had them for free (a count of the active pairs).
+    fire_counts: torch.Tensor | None = None
 
 
 def sparse_kernel_applies(kernel: str, x: torch.Tensor) -> bool:
@@ -94,15 +96,16 @@ def encode_decode(
     if not applies or density_limit is None:
         f = activation(sae.pre_activation(x))
         return Forward(sae.decode(f), f, False)
-    f, recon, sparse = _EncodeDecode.apply(
+    f, recon, sparse, fire_counts = _EncodeDecode.apply(
         x, sae.input_scale, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, activation, density_limit
     )
     x_hat = (recon + sae.b_dec) / sae.input_scale
-    return Forward(x_hat, f, sparse)
+    return Forward(x_hat, f, sparse, fire_counts)
 
 
 class _EncodeDecode(torch.autograd.Function):
-    """(x, s, W_enc, b_enc, W_dec, b_dec) → (f, f·W_dec, took_sparse_path); the decoder bias is added outside."""
+    """(x, s, W_enc, b_enc, W_dec, b_dec) → (f, f·W_dec, took_sparse_path, fire counts or None); the decoder
+    bias is added outside."""
 
     @staticmethod
     def forward(ctx, x, scale, W_enc, b_enc, W_dec, b_dec, activation, max_density):
@@ -114,7 +117,7 @@ class _EncodeDecode(torch.autograd.Function):
         ctx.scale = scale
         if not ctx.sparse:
             ctx.save_for_backward(x_bar, f, W_enc, W_dec)
-            return f, f @ W_dec, False
+            return f, f @ W_dec, False, None
         active = f.view(-1).nonzero().squeeze(1)  # row-major: sorted by input, then latent
         rows, latents = active.div(n, rounding_mode="floor"), active.remainder(n)
         values = f.view(-1).index_select(0, active)
@@ -122,10 +125,12 @@ class _EncodeDecode(torch.autograd.Function):
         recon = F.embedding_bag(latents, W_dec, row_starts, mode="sum", per_sample_weights=values)
         ctx.save_for_backward(x_bar, W_enc, W_dec, rows, latents, values, row_starts)
         ctx.shape = (batch, n)
-        return f, recon, True
+        fire_counts = torch.bincount(latents, minlength=n)
+        ctx.mark_non_differentiable(fire_counts)
+        return f, recon, True, fire_counts
 
     @staticmethod
-    def backward(ctx, grad_f, grad_recon, _):
+    def backward(ctx, grad_f, grad_recon, *_):
         if ctx.sparse:
             return _sparse_backward(ctx, grad_f, grad_recon)
         return _dense_backward(ctx, grad_f, grad_recon)

@@ -69,6 +69,10 @@ def test_gradients_match_the_dense_path(path, sum_squared_error, weighted):
     assert 0.005 < density < 0.2, density  # sparse activations, but some in every latent group
     assert out.sparse == (path != "auto_dense") and not ref[0].sparse
     assert_same(out, loss, grads, *ref)
+    if out.sparse:  # counted from the active pairs: the trainer's per-latent fire counts
+        assert torch.equal(out.fire_counts, (ref[0].features > 0).sum(dim=0))
+    else:
+        assert out.fire_counts is None
 
 
 def test_input_gradient_matches_when_inputs_require_it():

@@ -29,6 +29,7 @@ class LossTerms:
     x_hat: torch.Tensor
     features: torch.Tensor
     sparse_path: bool = False  # whether the batch ran the products over active latents only (sae/sparse.py)
+    fire_counts: torch.Tensor | None = None  # inputs each latent fired on, where the sparse products counted them
 
 
 class SparseAutoencoder(nn.Module, ABC):

@@ -75,5 +75,12 @@ class ReLUSAE(SparseAutoencoder):
         reconstruction, l1 = reconstruction.mean(), l1.mean()
         zero = reconstruction.new_zeros(())
         return LossTerms(
-            reconstruction + sparsity_coefficient * l1, reconstruction, l1, zero, step.x_hat, step.features, step.sparse
+            reconstruction + sparsity_coefficient * l1,
+            reconstruction,
+            l1,
+            zero,
+            step.x_hat,
+            step.features,
+            step.sparse,
+            step.fire_counts,
         )

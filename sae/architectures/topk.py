@@ -73,7 +73,7 @@ class TopKSAE(SparseAutoencoder):
             reconstruction = self.squared_error(x, step.x_hat).mean()
             self._count_firing(step.features, len(x))
             zero = reconstruction.new_zeros(())
-            return LossTerms(reconstruction, reconstruction, zero, zero, step.x_hat, step.features, step.sparse)
+            return LossTerms(reconstruction, reconstruction, zero, zero, step.x_hat, step.features, step.sparse, step.fire_counts)
         pre = self.pre_activation(x)
         f = self.select(pre)
         x_hat = self.decode(f)
