@@ -81,8 +81,8 @@ class RunRow:
 
     @property
     def family(self) -> str:
-        """What one curve of the frontier plot holds: the architecture when set, else the recipe."""
-        return str(self.architecture or self.recipe or "sae")
+        """What one curve of the frontier plot holds: the configuration (two recipes may share an architecture)."""
+        return str(self.recipe or self.architecture or "sae")
 
 
 AGGREGATED = ("l0", "reconstruction_score", "explained_variance", "dead_pct")

