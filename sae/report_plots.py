@@ -39,7 +39,7 @@ def _label(setting, with_lr: bool = False) -> str:
     parts = [
         f"x{setting.expansion}" if setting.expansion else None,
         f"k={setting.k}" if setting.k is not None else None,
-        f"l1={number(setting.l1_coefficient)}" if setting.l1_coefficient is not None else None,
+        f"l1={number(setting.l1_coefficient)}" if setting.l1_coefficient is not None and setting.k is None else None,
         f"lr={number(setting.lr)}" if with_lr and setting.lr is not None else None,
     ]
     return " ".join(p for p in parts if p) or setting.label
