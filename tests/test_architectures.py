@@ -408,7 +408,7 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
 def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
     """`+sweep=architectures`: five configurations x five levels; a level picks λ or k from that configuration's ladder."""
     expected = {
-        ("anthropic_2023", 0): 5e-2,
+        ("anthropic_2023", 0): 1e-2,
         ("anthropic_2023", 4): 2.5e-3,
         ("anthropic_2024", 0): 20.0,
         ("anthropic_2024", 4): 1.25,
