@@ -86,14 +86,15 @@ def encode_decode(
     "auto" takes them when at most `max_density` of the (input, latent) pairs are active (by default the
     measured limit for x's device and the SAE's width, `auto_density_limit`).
     """
-    applies = sparse_kernel_applies(kernel, x)
-    if kernel == "sparse":
-        density_limit = 1.0
-    elif max_density is None:
-        density_limit = auto_density_limit(x.device.type, sae.W_enc.shape[1], torch.get_float32_matmul_precision())
-    else:
-        density_limit = max_density
-    if not applies or density_limit is None:
+    density_limit = None
+    if sparse_kernel_applies(kernel, x):
+        if kernel == "sparse":
+            density_limit = 1.0
+        elif max_density is not None:
+            density_limit = max_density
+        else:
+            density_limit = auto_density_limit(x.device.type, sae.W_enc.shape[1], torch.get_float32_matmul_precision())
+    if density_limit is None:
         f = activation(sae.pre_activation(x))
         return Forward(sae.decode(f), f, False)
     f, recon, sparse, fire_counts = _EncodeDecode.apply(

@@ -81,6 +81,6 @@ class ReLUSAE(SparseAutoencoder):
             zero,
             step.x_hat,
             step.features,
-            step.sparse,
-            step.fire_counts,
+            sparse_path=step.sparse,
+            fire_counts=step.fire_counts,
         )

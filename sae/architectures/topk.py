@@ -71,9 +71,18 @@ class TopKSAE(SparseAutoencoder):
             # Without AuxK only the selected latents carry gradient: the sparse kernel applies.
             step = encode_decode(self, x, self.select, self.sparse_kernel)
             reconstruction = self.squared_error(x, step.x_hat).mean()
-            self._count_firing(step.features, len(x))
+            self._count_firing(step.features, len(x), step.fire_counts)
             zero = reconstruction.new_zeros(())
-            return LossTerms(reconstruction, reconstruction, zero, zero, step.x_hat, step.features, step.sparse, step.fire_counts)
+            return LossTerms(
+                reconstruction,
+                reconstruction,
+                zero,
+                zero,
+                step.x_hat,
+                step.features,
+                sparse_path=step.sparse,
+                fire_counts=step.fire_counts,
+            )
         pre = self.pre_activation(x)
         f = self.select(pre)
         x_hat = self.decode(f)
@@ -97,8 +106,9 @@ class TopKSAE(SparseAutoencoder):
         return (residual - f_aux @ self.W_dec).float().pow(2).mean()
 
     @torch.no_grad()
-    def _count_firing(self, f: torch.Tensor, n_tokens: int) -> None:
-        fired = (f > 0).reshape(-1, self.n_features).any(dim=0)
+    def _count_firing(self, f: torch.Tensor, n_tokens: int, fire_counts: torch.Tensor | None = None) -> None:
+        """`fire_counts`, where the sparse products counted them, spares a pass over f."""
+        fired = fire_counts > 0 if fire_counts is not None else (f > 0).reshape(-1, self.n_features).any(dim=0)
         self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
 
     @property
