@@ -400,7 +400,7 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
         assert float(sae.threshold) > 0  # the inference threshold was estimated and saved
         assert summary["train/l0"] == pytest.approx(8)  # k on average per input during training
     if recipe == "jumprelu":
-        start = torch.full((sae.n_features,), 0.5)  # conf/tuning/smollm2_jumprelu.yaml
+        start = torch.full((sae.n_features,), cfg["train_config"]["sae"]["settings"]["initial_threshold"])
         assert not torch.allclose(sae.threshold, start)  # the thresholds learned
     assert math.isfinite(summary["eval/reconstruction_score"])
 
@@ -412,8 +412,8 @@ def test_architectures_sweep_composes_at_one_budget_with_each_configurations_spa
         ("anthropic_2023", 4): 2.5e-3,
         ("anthropic_2024", 0): 20.0,
         ("anthropic_2024", 4): 1.25,
-        ("jumprelu", 0): 10.0,
-        ("jumprelu", 4): 0.1,
+        ("jumprelu", 0): 100.0,
+        ("jumprelu", 4): 1.0,
         ("topk", 0): 8,
         ("topk", 4): 64,
         ("batchtopk", 0): 8,
