@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sae.sparse import Forward
 
 
 @dataclass
@@ -30,6 +33,24 @@ class LossTerms:
     features: torch.Tensor
     sparse_path: bool = False  # whether the batch ran the products over active latents only (sae/sparse.py)
     fire_counts: torch.Tensor | None = None  # inputs each latent fired on, where the sparse products counted them
+
+    @classmethod
+    def from_step(
+        cls, step: Forward, reconstruction: torch.Tensor, sparsity: torch.Tensor | None = None, sparsity_coefficient: float = 0.0
+    ) -> LossTerms:
+        """The terms of a loss whose products ran through `sae.sparse.encode_decode`, without an auxiliary loss."""
+        zero = reconstruction.new_zeros(())
+        total = reconstruction if sparsity is None else reconstruction + sparsity_coefficient * sparsity
+        return cls(
+            total,
+            reconstruction,
+            zero if sparsity is None else sparsity,
+            zero,
+            step.x_hat,
+            step.features,
+            sparse_path=step.sparse,
+            fire_counts=step.fire_counts,
+        )
 
 
 class SparseAutoencoder(nn.Module, ABC):

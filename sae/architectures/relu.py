@@ -72,15 +72,4 @@ class ReLUSAE(SparseAutoencoder):
     def loss(self, x: torch.Tensor, sparsity_coefficient: float) -> LossTerms:
         step = encode_decode(self, x, torch.relu, self.sparse_kernel)
         reconstruction, l1 = self.per_input_loss(x, step.x_hat, step.features)
-        reconstruction, l1 = reconstruction.mean(), l1.mean()
-        zero = reconstruction.new_zeros(())
-        return LossTerms(
-            reconstruction + sparsity_coefficient * l1,
-            reconstruction,
-            l1,
-            zero,
-            step.x_hat,
-            step.features,
-            sparse_path=step.sparse,
-            fire_counts=step.fire_counts,
-        )
+        return LossTerms.from_step(step, reconstruction.mean(), l1.mean(), sparsity_coefficient)

@@ -72,17 +72,7 @@ class TopKSAE(SparseAutoencoder):
             step = encode_decode(self, x, self.select, self.sparse_kernel)
             reconstruction = self.squared_error(x, step.x_hat).mean()
             self._count_firing(step.features, len(x), step.fire_counts)
-            zero = reconstruction.new_zeros(())
-            return LossTerms(
-                reconstruction,
-                reconstruction,
-                zero,
-                zero,
-                step.x_hat,
-                step.features,
-                sparse_path=step.sparse,
-                fire_counts=step.fire_counts,
-            )
+            return LossTerms.from_step(step, reconstruction)
         pre = self.pre_activation(x)
         f = self.select(pre)
         x_hat = self.decode(f)
