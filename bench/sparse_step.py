@@ -8,11 +8,14 @@ the kernel a run uses by default: it should track the faster of dense and sparse
 also uses Adam's fused (one-pass) implementation: with sparse products, the optimizer's passes
 over the 5.3M parameters become a large share of a CPU step. On a GPU (`--device cuda`) the
 variants can include `dense+compile` (`--compile`): the dense step's loss under `torch.compile`,
-which fuses the elementwise work around the matrix products.
+which fuses the elementwise work around the matrix products. `--scoring` times, instead,
+dead-neuron resampling's pass over the training inputs (no gradients: encoder, decoder, loss),
+with the dense decoder product against `auto`'s gather of the active rows.
 
     python bench/sparse_step.py                      # d 576 -> 4,608, L0 10/50/200/1000, batch 512/4096
     python bench/sparse_step.py --d-in 64 --n-features 512 --l0 8 64 --batch-size 64 --steps 2   # a quick check
     python bench/sparse_step.py --device cuda --n-features 4608 36864 --l0 32 200 --batch-size 4096 --steps 20
+    python bench/sparse_step.py --scoring --batch-size 8192 --steps 4   # resampling's scoring pass
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 from sae.architectures import ReLUSAE  # noqa: E402
+from sae.resampling import sample_by_loss_squared  # noqa: E402
 from sae.sparse import auto_density_limit  # noqa: E402
 
 # (label, kernel, fused Adam, compiled loss): fused shows what a one-pass optimizer adds once the products are
@@ -41,6 +45,8 @@ VARIANTS = (
     ("auto+fused", "auto", True, False),
 )
 COMPILED_VARIANTS = (*VARIANTS, ("dense+compile", "dense", False, True))
+# Resampling's scoring pass: the decoder kernel it runs under (label, kernel).
+SCORING_VARIANTS = (("dense", "dense"), ("auto", "auto"))
 
 
 def sae_firing(d_in: int, n_features: int, l0: int, device: str, seed: int = 0) -> ReLUSAE:
@@ -97,6 +103,32 @@ def measure(
     }
 
 
+def measure_scoring(
+    d_in: int, n_features: int, l0: int, batch: int, steps: int, repeats: int, device: str
+) -> dict[str, tuple[float, float, float]]:
+    """variant -> (inputs/s median, measured L0, 1.0 where auto's density limit admits the gather else 0.0)."""
+    sae = sae_firing(d_in, n_features, l0, device)
+    batches = [torch.randn(batch, d_in, device=device) for _ in range(steps)]
+    with torch.no_grad():
+        measured_l0 = float((sae.encode(batches[0]) > 0).sum(-1).float().mean())
+    limit = auto_density_limit(torch.device(device).type, n_features, torch.get_float32_matmul_precision())
+    gathers = float(limit is not None and measured_l0 / n_features <= limit)
+    times: dict[str, list[float]] = {label: [] for label, _ in SCORING_VARIANTS}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for label, kernel in SCORING_VARIANTS:
+            sae.sparse_kernel = kernel
+            _synchronize(device)
+            start = time.perf_counter()
+            sample_by_loss_squared(sae, batches, n_samples=64, n_inputs=steps * batch, l1_coefficient=1e-4)
+            _synchronize(device)
+            if repeat:
+                times[label].append(time.perf_counter() - start)
+    return {
+        label: (steps * batch / statistics.median(times[label]), measured_l0, gathers if kernel == "auto" else 0.0)
+        for label, kernel in SCORING_VARIANTS
+    }
+
+
 def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -115,6 +147,7 @@ def main() -> None:
         "--matmul-precision", choices=["highest", "high"], default="highest", help="high: TF32 products on GPUs that have it"
     )
     ap.add_argument("--compile", action="store_true", help="also time the dense step under torch.compile (GPU only)")
+    ap.add_argument("--scoring", action="store_true", help="time resampling's scoring pass instead of training steps")
     args = ap.parse_args()
     torch.set_float32_matmul_precision(args.matmul_precision)
     bad = [l0 for l0 in args.l0 if not 0 < l0 < min(args.n_features)]
@@ -124,12 +157,15 @@ def main() -> None:
         ap.error(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu.")
     if args.compile and not args.device.startswith("cuda"):
         ap.error("--compile: the compiled step is measured on GPUs only (--device cuda).")
-    variants = COMPILED_VARIANTS if args.compile else VARIANTS
+    if args.compile and args.scoring:
+        ap.error("--compile and --scoring: the compiled variant is a training step; choose one.")
+    variants = SCORING_VARIANTS if args.scoring else COMPILED_VARIANTS if args.compile else VARIANTS
+    what, unit = ("scoring pass", "inputs/s") if args.scoring else ("training step", "tok/s")
 
     print(f"machine: {describe()}")
     print(
-        f"SAE d_in {args.d_in}, float32 ({args.matmul_precision} matmul precision) on {args.device}, "
-        f"{args.steps} steps x {args.repeats} repeats (median); auto's density limit per n: "
+        f"{what}: SAE d_in {args.d_in}, float32 ({args.matmul_precision} matmul precision) on {args.device}, "
+        f"{args.steps} batches x {args.repeats} repeats (median); auto's density limit per n: "
         + ", ".join(
             f"{n} {auto_density_limit(torch.device(args.device).type, n, args.matmul_precision)}" for n in args.n_features
         )
@@ -137,14 +173,17 @@ def main() -> None:
     labels = [label for label, *_ in variants]
     print(
         f"{'n':>7} {'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
-        + " ".join(f"{label + ' tok/s':>17}" for label in labels)
+        + " ".join(f"{label + ' ' + unit:>17}" for label in labels)
         + " "
         + " ".join(f"{label + '/dense':>17}" for label in labels[1:])
     )
     for n in args.n_features:
         for batch in args.batch_size:
             for l0 in args.l0:
-                r = measure(args.d_in, n, l0, batch, args.steps, args.repeats, args.device, variants)
+                if args.scoring:
+                    r = measure_scoring(args.d_in, n, l0, batch, args.steps, args.repeats, args.device)
+                else:
+                    r = measure(args.d_in, n, l0, batch, args.steps, args.repeats, args.device, variants)
                 dense, measured_l0 = r["dense"][0], r["dense"][1]
                 print(
                     f"{n:>7} {batch:>6} {l0:>7} {measured_l0:>7.1f} {measured_l0 / n:>8.2%} {r['auto'][2]:>12.0%} "

@@ -16,6 +16,7 @@ import torch
 
 from sae.architectures import ReLUSAE
 from sae.config import ResampleConfig
+from sae.sparse import decode
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def sample_by_loss_squared(
     for batch in batches:
         x = batch[: n_inputs - seen].float().to(sae.W_dec.device)
         seen += len(x)
-        x_hat, f = sae(x)
+        f = sae.encode(x)
+        x_hat = decode(sae, f, sae.sparse_kernel)
         reconstruction, l1 = sae.per_input_loss(x, x_hat, f)
         weight = (reconstruction + l1_coefficient * l1).double().pow(2).cpu()
         u = torch.rand(len(x), generator=generator, dtype=torch.float64).clamp_min(1e-300)

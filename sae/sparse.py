@@ -56,14 +56,18 @@ class Forward:
 
 def sparse_kernel_applies(kernel: str, x: torch.Tensor) -> bool:
     """Whether `kernel` runs the autograd function here: "auto" only for float32 CPU or CUDA training without autocast."""
-    if kernel not in KERNELS:
-        raise ValueError(f"sparse kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
+    _check(kernel)
     if kernel == "dense" or not torch.is_grad_enabled():
         return False
     if kernel == "sparse":
         return True
     device = x.device.type
     return device in ("cpu", "cuda") and x.dtype == torch.float32 and not torch.is_autocast_enabled(device)
+
+
+def _check(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"sparse kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
 
 
 def auto_density_limit(device_type: str, n_features: int, matmul_precision: str = "highest") -> float | None:
@@ -119,11 +123,7 @@ class _EncodeDecode(torch.autograd.Function):
         if not ctx.sparse:
             ctx.save_for_backward(x_bar, f, W_enc, W_dec)
             return f, f @ W_dec, False, None
-        active = f.view(-1).nonzero().squeeze(1)  # row-major: sorted by input, then latent
-        rows, latents = active.div(n, rounding_mode="floor"), active.remainder(n)
-        values = f.view(-1).index_select(0, active)
-        row_starts = _starts(rows, batch)
-        recon = F.embedding_bag(latents, W_dec, row_starts, mode="sum", per_sample_weights=values)
+        recon, rows, latents, values, row_starts = _gather_decode(f, W_dec)
         ctx.save_for_backward(x_bar, W_enc, W_dec, rows, latents, values, row_starts)
         ctx.shape = (batch, n)
         fire_counts = torch.bincount(latents, minlength=n)
@@ -135,6 +135,32 @@ class _EncodeDecode(torch.autograd.Function):
         if ctx.sparse:
             return _sparse_backward(ctx, grad_f, grad_recon)
         return _dense_backward(ctx, grad_f, grad_recon)
+
+
+def decode(sae: torch.nn.Module, f: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    """`sae.decode(f)` outside autograd (resampling's scoring pass), summing only the active latents' decoder
+    rows when "auto" finds at most the measured fraction of them active, as a training step would."""
+    _check(kernel)
+    limit = None
+    if kernel != "dense" and f.dim() == 2 and f.dtype == torch.float32 and not torch.is_grad_enabled():
+        limit = 1.0 if kernel == "sparse" else auto_density_limit(f.device.type, f.shape[1], torch.get_float32_matmul_precision())
+    if limit is None or int(torch.count_nonzero(f)) > limit * f.numel():
+        return sae.decode(f)
+    recon = _gather_decode(f, sae.W_dec)[0]
+    return (recon + sae.b_dec) / sae.input_scale
+
+
+def _gather_decode(f: torch.Tensor, W_dec: torch.Tensor):
+    """f·W_dec as a weighted sum of the active latents' rows; also the active pairs (rows, latents, values)
+    in row-major order and each input's offset among them."""
+    batch, n = f.shape
+    flat = f.reshape(-1)
+    active = flat.nonzero().squeeze(1)  # row-major: sorted by input, then latent
+    rows, latents = active.div(n, rounding_mode="floor"), active.remainder(n)
+    values = flat.index_select(0, active)
+    row_starts = _starts(rows, batch)
+    recon = F.embedding_bag(latents, W_dec, row_starts, mode="sum", per_sample_weights=values)
+    return recon, rows, latents, values, row_starts
 
 
 def _starts(index: torch.Tensor, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.config import ConfigError, SAEConfig, TrainConfig, register_configs, to_objects
 from sae.module import SAETrainingModule
 from sae.resampling import resample_features_
-from sae.sparse import AUTO_SPARSE, encode_decode
+from sae.sparse import AUTO_SPARSE, decode, encode_decode
 
 
 def make_sae(d=24, n=96, seed=0, threshold=2.0, **settings):
@@ -140,6 +140,23 @@ def test_auto_switches_on_the_active_fraction_and_dense_is_the_module_forward():
         assert not encode_decode(sae, x, torch.relu, "sparse").sparse
     with pytest.raises(ValueError, match="sparse kernel 'fast'"):
         encode_decode(sae, x, torch.relu, "fast")
+
+
+def test_decode_outside_autograd_gathers_the_active_rows_and_equals_the_module_decode():
+    """Resampling scores its inputs through `decode`: the same x̂ as `sae.decode`, from the gathered rows."""
+    sae = make_sae(seed=8)
+    with torch.no_grad():
+        f = sae.encode(torch.randn(64, 24) * 2)
+        density = float((f > 0).float().mean())
+        assert 0.005 < density < AUTO_SPARSE["cpu"][1], density
+        reference, empty = sae.decode(f), sae.decode(torch.zeros_like(f))
+        torch.testing.assert_close(decode(sae, f, "dense"), reference, rtol=0, atol=0)
+        sae.decode = lambda f: pytest.fail("the dense decode ran where the active rows should be gathered")
+        for kernel in ("auto", "sparse"):
+            torch.testing.assert_close(decode(sae, f, kernel), reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(decode(sae, torch.zeros_like(f), "sparse"), empty)
+        with pytest.raises(ValueError, match="sparse kernel 'fast'"):
+            decode(sae, f, "fast")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
