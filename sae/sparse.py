@@ -70,6 +70,11 @@ def _check(kernel: str) -> None:
         raise ValueError(f"sparse kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
 
 
+def _density_limit(kernel: str, device_type: str, n_features: int) -> float | None:
+    """The active fraction up to which `kernel` ("sparse" or "auto") takes the sparse products; None: never."""
+    return 1.0 if kernel == "sparse" else auto_density_limit(device_type, n_features, torch.get_float32_matmul_precision())
+
+
 def auto_density_limit(device_type: str, n_features: int, matmul_precision: str = "highest") -> float | None:
     """The active fraction up to which "auto" takes the sparse products here; None: never (no per-batch check)."""
     key = device_type if device_type != "cuda" or matmul_precision == "highest" else "cuda_tf32"
@@ -92,12 +97,8 @@ def encode_decode(
     """
     density_limit = None
     if sparse_kernel_applies(kernel, x):
-        if kernel == "sparse":
-            density_limit = 1.0
-        elif max_density is not None:
-            density_limit = max_density
-        else:
-            density_limit = auto_density_limit(x.device.type, sae.W_enc.shape[1], torch.get_float32_matmul_precision())
+        auto_set = kernel == "auto" and max_density is not None
+        density_limit = max_density if auto_set else _density_limit(kernel, x.device.type, sae.W_enc.shape[1])
     if density_limit is None:
         f = activation(sae.pre_activation(x))
         return Forward(sae.decode(f), f, False)
@@ -143,7 +144,7 @@ def decode(sae: torch.nn.Module, f: torch.Tensor, kernel: str = "auto") -> torch
     _check(kernel)
     limit = None
     if kernel != "dense" and f.dim() == 2 and f.dtype == torch.float32 and not torch.is_grad_enabled():
-        limit = 1.0 if kernel == "sparse" else auto_density_limit(f.device.type, f.shape[1], torch.get_float32_matmul_precision())
+        limit = _density_limit(kernel, f.device.type, f.shape[1])
     if limit is None or int(torch.count_nonzero(f)) > limit * f.numel():
         return sae.decode(f)
     recon = _gather_decode(f, sae.W_dec)[0]
