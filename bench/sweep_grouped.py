@@ -6,15 +6,17 @@ and steps every SAE on it) against the same multirun ungrouped (one job after an
 
 streamed: `activations.cache=false`, so ungrouped, every run harvests its activations from the model;
 grouped, one harvest feeds all twelve. cached: every run reads one activation cache harvested before the
-timing starts; grouped saves only start-up, reads and the shared held-out activations. The runs are the
-default's (SmolLM2-135M, layer 6, 8x, batch 512) at a reduced token budget, with their evaluation as in
-a real sweep, into temporary directories. Prints `streamed ratio X` and `cached ratio X` (ungrouped /
-grouped wall time) and checks that both ways trained the same SAEs.
+timing starts; grouped saves only start-up, reads, and what the group's final evaluations share (the
+held-out activations, the zero-ablated model run). The runs are the default's (SmolLM2-135M, layer 6, 8x,
+batch 512) at a reduced token budget, with their evaluation as in a real sweep, into temporary directories.
+Prints `streamed ratio X` and `cached ratio X` (ungrouped / grouped wall time) and checks that both ways
+trained the same SAEs and evaluated them the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +55,16 @@ def same_saes(a: Path, b: Path) -> bool:
     return True
 
 
+def same_evaluations(a: Path, b: Path) -> bool:
+    """Every run's end-of-training `eval/*` figures equal: sharing the zero-ablated run changes no result."""
+
+    def evals(run: Path) -> dict:
+        return {k: v for k, v in json.loads((run / "summary.json").read_text()).items() if k.startswith("eval/")}
+
+    runs = sorted(p.parent.name for p in a.glob("*/summary.json"))
+    return len(runs) == 12 and all(evals(a / run) and evals(a / run) == evals(b / run) for run in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=25_600, help="training tokens per run (sae.tokens)")
@@ -73,8 +85,9 @@ def main() -> None:
             ungrouped = run_sweep(tmp / f"{mode}-ungrouped", [*common, *extra])
             grouped = run_sweep(tmp / f"{mode}-grouped", [*common, *extra, "sweep.grouped=true"])
             same = same_saes(tmp / f"{mode}-ungrouped", tmp / f"{mode}-grouped")
+            same_eval = same_evaluations(tmp / f"{mode}-ungrouped", tmp / f"{mode}-grouped")
             print(f"{mode}: 12 runs x {args.tokens:,} tokens: ungrouped {ungrouped:.1f} s, grouped {grouped:.1f} s")
-            print(f"  the same 12 SAEs (bitwise): {same}")
+            print(f"  the same 12 SAEs (bitwise): {same}; the same evaluations: {same_eval}")
             print(f"{mode} ratio {ungrouped / grouped:.2f}")
 
 

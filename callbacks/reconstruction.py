@@ -6,8 +6,9 @@
   sweep's frontier compares held-out sparsity with held-out reconstruction rather than the last
   training batch's.
 
-The model loads lazily on first use, so runs that never evaluate never load it. The runs of a
-grouped sweep share the held-out activations through `shared(name, make)`.
+The model loads lazily on first use, so runs that never evaluate never load it. The zero-ablated
+run's losses do not depend on the SAE: they are computed once per run, and the runs of a grouped
+sweep share them and the held-out activations through `shared(name, make)`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ReconstructionScoreCallback(L.Callback):
         self.heldout_stats_tokens, self.harvest_batch_size = heldout_stats_tokens, harvest_batch_size
         self.shared = shared or (lambda name, make: make())
         self._tokens: torch.Tensor | None = None
+        self._zero_ablated: dict[str, torch.Tensor] | None = None
         self.last: dict[str, float] = {}
         self.heldout: dict[str, float] = {}
 
@@ -62,7 +64,9 @@ class ReconstructionScoreCallback(L.Callback):
         bos = bos_token_id(bridge)
         if self._tokens is None:
             self._tokens = heldout_tokens(bridge, self.data_cfg, self.n_tokens, bos)
-        result = spliced_loss(bridge, hook_name(self.model_cfg), self._tokens, sae_reconstruction(pl_module.sae), bos)
+            self._zero_ablated = self.shared("zero_ablated_losses", dict)
+        reconstruct = sae_reconstruction(pl_module.sae)
+        result = spliced_loss(bridge, hook_name(self.model_cfg), self._tokens, reconstruct, bos, zero_ablated=self._zero_ablated)
         self.last = {f"eval/{k}": float(v) for k, v in result.as_dict().items()}
         for logger in trainer.loggers:
             logger.log_metrics(self.last, step=trainer.global_step)

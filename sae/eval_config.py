@@ -20,8 +20,9 @@ STAGES = ("metrics", "interp", "all", "dashboard", "serve", "rubric_report")
 
 @dataclass
 class MetricsConfig:
-    # Spliced LM cross-entropy (reconstruction and KL scores): full forwards, three per batch, so
-    # a modest fixed count (~590 model tokens/s on 2 CPU cores).
+    # Spliced LM cross-entropy (reconstruction and KL scores): full forwards, three per batch (two once
+    # the zero-ablated run of these tokens is stored), so a modest fixed count: 16,384 tokens take ~3 min
+    # on 2 CPU cores for the first SAE of a model and hook, ~2 min for the next.
     ce_tokens: int = 16_384
     ce_batch_size: int = 8
     # Reconstruction statistics (L0, EV, MSE, cosine, norm ratio) on held-out activations

@@ -2,7 +2,9 @@
 
 Parts (density on the training activations, reconstruction statistics on held-out activations,
 spliced cross-entropy) are stored under `eval/parts/` keyed by their settings and the SAE's weights,
-so an interrupted or repeated evaluation only computes what is missing.
+so an interrupted or repeated evaluation only computes what is missing. The zero-ablated model run of
+the spliced cross-entropy does not depend on the SAE: its losses are kept beside the activation cache,
+so evaluating the next SAE of the same model and hook runs the model twice per batch, not three times.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from sae.config import ModelConfig
 from sae.eval_config import MetricsConfig
 from sae.files import atomic_write_json, finite_or_none
 from sae.formats import weights_path
@@ -45,6 +48,30 @@ class PartStore:
         result = compute()
         atomic_write_json(path, {"settings": key, "result": result}, indent=None)
         return result
+
+
+def zero_ablated_path(cache_dir: str | Path, model_cfg: ModelConfig, device: str) -> Path:
+    """One file per model, dtype, hook and device kind; its entries are keyed by the token batch itself."""
+    from sae.lm import hook_name
+
+    identity = [model_cfg.name, model_cfg.dtype, hook_name(model_cfg), torch.device(device).type]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "zero_ablated" / f"{digest}.json"
+
+
+def load_zero_ablated(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {key: torch.tensor(value, dtype=torch.float64) for key, value in stored.items()}
+
+
+def save_zero_ablated(path: Path, losses: dict[str, torch.Tensor]) -> None:
+    """Merged with what a concurrent evaluation may have written since we read it (an entry lost to a race
+    is only computed again)."""
+    merged = {**load_zero_ablated(path), **losses}
+    atomic_write_json(path, {key: value.tolist() for key, value in merged.items()}, indent=None)
 
 
 def weights_digest(sae_dir: Path) -> str:
@@ -98,7 +125,17 @@ def compute_metrics(
         model = bridge()
         bos = bos_token_id(model)
         tokens = heldout_tokens(model, data_cfg, m.ce_tokens, bos)
-        return spliced_loss(model, hook_name(model_cfg), tokens, sae_reconstruction(sae), bos, m.ce_batch_size).as_dict()
+        memo_path = zero_ablated_path(act_cfg.cache_dir, model_cfg, model.cfg.device)
+        zero_ablated = load_zero_ablated(memo_path)
+        known = set(zero_ablated)
+        reconstruct = sae_reconstruction(sae)
+        result = spliced_loss(model, hook_name(model_cfg), tokens, reconstruct, bos, m.ce_batch_size, zero_ablated)
+        n_batches = -(-len(tokens) // m.ce_batch_size)
+        n_new = len(set(zero_ablated) - known)
+        log(f"[spliced_loss] zero-ablated run: {n_batches - n_new} of {n_batches} batches reused from {memo_path}")
+        if n_new:
+            save_zero_ablated(memo_path, zero_ablated)
+        return result.as_dict()
 
     metrics: dict[str, Any] = {
         "sae_path": str(sae_dir),

@@ -7,6 +7,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sae.activations import harvest
 from sae.architectures import ReLUSAE as SparseAutoencoder
@@ -16,6 +17,7 @@ from sae.evaluation import (
     activation_stats,
     heldout_tokens,
     mean_pairwise_cosine,
+    next_token_sums,
     rows_per_chunk,
     sae_reconstruction,
     spliced_loss,
@@ -81,6 +83,34 @@ def test_reconstruction_score_is_zero_for_a_zero_reconstruction(bridge, tokens):
     # A random SAE lands somewhere else: the score responds to what is spliced in.
     noisy = spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(SparseAutoencoder(d, 2 * d)), bos_token_id(bridge))
     assert noisy.reconstruction_score != pytest.approx(0.0, abs=1e-3)
+
+
+def test_next_token_sums_equal_log_softmax_and_kl_div():
+    torch.manual_seed(0)
+    tokens = torch.randint(101, (2, 37))
+    logits = [torch.randn(2, 37, 101) * scale for scale in (3.0, 2.0, 4.0)]
+    sums = next_token_sums(logits, tokens, rows=8)  # 36 predictions per context: chunks of 8 and a rest of 4
+    logp = [F.log_softmax(x[:, :-1].double(), dim=-1).flatten(0, 1) for x in logits]
+    targets = tokens[:, 1:].reshape(-1)
+    ce = [F.nll_loss(lp, targets, reduction="sum") for lp in logp]
+    kl = [F.kl_div(lp, logp[0], log_target=True, reduction="sum") for lp in logp[1:]]
+    assert sums.tolist() == pytest.approx(torch.stack([*ce, *kl]).tolist(), rel=1e-5)
+
+
+def test_zero_ablated_losses_are_computed_once_per_token_batch(bridge, tokens, monkeypatch):
+    d, bos = bridge.cfg.d_model, bos_token_id(bridge)
+    torch.manual_seed(0)
+    first, second = SparseAutoencoder(d, 2 * d), SparseAutoencoder(d, 2 * d)
+    alone = [spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(s), bos, 2) for s in (first, second)]
+    patched_runs = []
+    run_with_hooks = bridge.run_with_hooks
+    monkeypatch.setattr(bridge, "run_with_hooks", lambda *a, **k: patched_runs.append(1) or run_with_hooks(*a, **k))
+    memo: dict = {}
+    shared = [spliced_loss(bridge, hook_name(MODEL), tokens, sae_reconstruction(s), bos, 2, memo) for s in (first, second)]
+    # 3 contexts in batches of 2: the first SAE runs zero-ablated and reconstructed per batch, the second reconstructed only.
+    assert len(patched_runs) == 2 * 2 + 2
+    assert [r.as_dict() for r in shared] == [r.as_dict() for r in alone]
+    assert alone[0].reconstruction_score != alone[1].reconstruction_score
 
 
 @pytest.mark.parametrize("budget", [DEFAULT_MEMORY_BUDGET, 7 * 4 * 4 * 2 * 64])  # the second: 7 rows per chunk

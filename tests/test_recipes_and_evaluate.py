@@ -122,6 +122,17 @@ def test_evaluate_end_to_end_and_resume(run_2023):
     assert bad.returncode == 2 and "stage=" in bad.stderr
 
 
+@pytest.mark.slow
+def test_evaluations_of_two_saes_share_the_zero_ablated_run(run_2023, run_2024):
+    args = ["metrics.ce_tokens=128", "metrics.heldout_tokens=0", "metrics.density_tokens=0"]
+    run_script("evaluate.py", [f"sae_path={run_2023}", *args])  # computes it, or finds it (and its part) stored
+    other = run_script("evaluate.py", [f"sae_path={run_2024}", *args])
+    assert "[spliced_loss] zero-ablated run: 1 of 1 batches reused" in other.stdout
+    first, second = (read_json(run / "eval" / "metrics.json") for run in (run_2023, run_2024))
+    assert second["ce_zero_ablated"] == first["ce_zero_ablated"] and second["ce_clean"] == first["ce_clean"]
+    assert second["ce_reconstructed"] != first["ce_reconstructed"]
+
+
 def test_run_directory_names_with_equals_signs_reach_hydra_intact():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
