@@ -132,14 +132,14 @@ def spliced_loss(
 
         clean = bridge(batch, return_type="logits")
         recon = bridge.run_with_hooks(batch, fwd_hooks=splice(reconstruct), return_type="logits")
-        ce_clean, ce_recon, kl_recon = next_token_sums([clean, recon], batch).cpu()
-        key = _batch_key(batch)
-        if zero_ablated is not None and key in zero_ablated:
+        key = _batch_key(batch) if zero_ablated is not None else None
+        if key is not None and key in zero_ablated:
+            ce_clean, ce_recon, kl_recon = next_token_sums([clean, recon], batch).cpu()
             ce_zero, kl_zero = zero_ablated[key]
         else:
             zero = bridge.run_with_hooks(batch, fwd_hooks=splice(torch.zeros_like), return_type="logits")
-            ce_zero, kl_zero = next_token_sums([clean, zero], batch)[1:].cpu()
-            if zero_ablated is not None:
+            ce_clean, ce_recon, ce_zero, kl_recon, kl_zero = next_token_sums([clean, recon, zero], batch).cpu()
+            if key is not None:
                 zero_ablated[key] = torch.stack([ce_zero, kl_zero])
         sums += torch.stack([ce_clean, ce_zero, ce_recon, kl_zero, kl_recon])
         count += batch.shape[0] * (batch.shape[1] - 1)
