@@ -9,7 +9,7 @@ The metrics stage writes `metrics.json` (reconstruction_score, kl_score, ce_*, l
 mse, cosine_similarity, norm_ratio, dead_fraction, ultralow_fraction, decoder cosines of rare features
 vs the rest) and PNG plots into `<training run dir>/eval/`, and logs them to the SAE's W&B project.
 Each part is stored under `eval/parts/` keyed by its settings and the SAE's weights, so an
-interrupted or repeated evaluation only computes what is missing (sae/eval_metrics.py).
+interrupted or repeated evaluation only computes what is missing (sae/evaluation/metrics_stage.py).
 """
 
 from __future__ import annotations
@@ -25,18 +25,27 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sae.config import ConfigError, LoggerConfig, register_configs, to_objects
+from sae.core.checks import to_objects
+from sae.core.errors import ConfigError, SAEFileError
+from sae.core.files import atomic_write_json
+from sae.core.tracking import LoggerConfig, build_logger, finish, log_results, numbers_only
 from sae.dashboard.config import register_dashboard_configs
-from sae.eval_config import EvaluateConfig, register_eval_configs
-from sae.files import atomic_write_json
-from sae.formats import FOREIGN, check_matches
-from sae.interp.config import ExplainerConfig, InterpConfig, register_interp_configs
-from sae.io import SAEFileError, find_sae_dir, load_sae
-from sae.run_config import RunConfigs, run_configs
+from sae.dashboard.stages import run_stage
+from sae.evaluation.config import EvaluateConfig, register_eval_configs
+from sae.evaluation.metrics_stage import compute_metrics
+from sae.formats.interop import FOREIGN, check_matches
+from sae.formats.native import find_sae_dir, load_sae
+from sae.formats.run_config import RunConfigs, run_configs
+from sae.interp.backends import ExplainerConfig, explainer_config, register_explainer_configs
+from sae.interp.config import InterpConfig, register_interp_configs
+from sae.interp.pipeline import InterpFailed, run_interp
+from sae.lm.bridge import hook_name, pick_device
+from sae.training.config import register_configs
 
 register_configs()
 register_eval_configs()
 register_interp_configs()
+register_explainer_configs()
 register_dashboard_configs()
 
 
@@ -53,8 +62,6 @@ class Job:
 
 
 def metrics_stage(job: Job) -> dict:
-    from sae.eval_metrics import compute_metrics
-
     metrics, plots = compute_metrics(job.sae, job.sae_dir, job.eval_dir, job.run, job.cfg.metrics, job.cfg.seed)
     atomic_write_json(job.eval_dir / "metrics.json", metrics)
     log_to_run(job.run.logger, job.eval_dir, job.run.run_name, metrics, plots)
@@ -64,43 +71,28 @@ def metrics_stage(job: Job) -> dict:
 
 def log_to_run(logger_cfg: LoggerConfig, eval_dir: Path, run_name: str | None, metrics: dict, plots: dict[str, Path]) -> None:
     """Log to the SAE's W&B project (an `eval` job next to its training run), or to CSV."""
-    from sae.run_logger import build_logger
-
     run_name = run_name or Path(metrics["sae_path"]).parent.name
     logger = build_logger(logger_cfg, eval_dir, f"eval-{run_name}", {"sae": metrics["sae_path"]}, job_type="eval")
-    numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        logger.experiment.summary.update(numbers)
-        logger.experiment.log({**numbers, **{f"eval/{k}": wandb.Image(str(p)) for k, p in plots.items()}})
-        logger.experiment.finish()
-    else:
-        logger.log_metrics(numbers, step=0)
-        logger.save()
+    numbers = {f"eval/{k}": v for k, v in numbers_only(metrics).items()}
+    log_results(logger, numbers, images={f"eval/{k}": p for k, p in plots.items()})
+    finish(logger, numbers)
 
 
 def interp_settings(cfg: EvaluateConfig) -> tuple[InterpConfig, ExplainerConfig]:
-    def build(cls, value):
-        if isinstance(value, cls):
-            return value
-        return cls(**(OmegaConf.to_container(value) if isinstance(value, DictConfig) else value or {}))
-
-    interp, explainer = build(InterpConfig, cfg.interp), build(ExplainerConfig, cfg.explainer)
+    interp = cfg.interp
+    if not isinstance(interp, InterpConfig):
+        interp = InterpConfig(**(OmegaConf.to_container(interp) if isinstance(interp, DictConfig) else interp or {}))
+    explainer = explainer_config(cfg.explainer)
     if cfg.units is not None:  # `units=neurons` is shorthand for interp.units=neurons
         interp = dataclasses.replace(interp, units=cfg.units)
     return interp, explainer
 
 
 def check_interp(cfg: EvaluateConfig) -> None:
-    from sae.interp.backends import check_ready
-
-    check_ready(interp_settings(cfg)[1])
+    interp_settings(cfg)[1].check_ready()
 
 
 def interp_stage(job: Job) -> dict:
-    from sae.interp.pipeline import run_interp
-
     interp, explainer = interp_settings(job.cfg)
     return run_interp(job.sae_dir, interp, explainer, job.eval_dir, logger=job.run.logger, sae=job.sae, sae_cfg=job.sae_cfg)
 
@@ -116,8 +108,6 @@ def dashboard_stage(name: str) -> Stage:
     """The feature browser (sae.dashboard.stages): dashboard | serve | rubric_report."""
 
     def run(job: Job) -> dict:
-        from sae.dashboard.stages import run_stage
-
         return run_stage(name, job)
 
     return Stage(run)
@@ -132,8 +122,6 @@ COMPOSITE = {"all": ("metrics", "interp")}
 
 
 def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
-    from sae.lm import hook_name, pick_device
-
     names = COMPOSITE.get(cfg.stage, (cfg.stage,))
     for name in names:
         if STAGES[name].check:
@@ -151,8 +139,6 @@ def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict | None:
-    from sae.interp.pipeline import InterpFailed
-
     try:
         if OmegaConf.is_missing(cfg, "sae_path"):
             raise ConfigError("sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.")

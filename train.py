@@ -11,7 +11,6 @@ finished one. The run directory gets `sae/` (sae.safetensors + cfg.json), `check
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,117 +19,45 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.density import FeatureDensityCallback
-from callbacks.progress import StepProgressBar
-from callbacks.reconstruction import ReconstructionScoreCallback
-from callbacks.resampling import NeuronResamplingCallback
-from sae.architectures import SparseAutoencoder, get_architecture
-from sae.config import ConfigError, TrainConfig, register_configs, to_objects
-from sae.datamodule import ActivationDataModule
-from sae.files import atomic_write_json
-from sae.io import WEIGHTS, save_sae
-from sae.lm import check_context_length, lazy_bridge
-from sae.lockstep import MemberBatches, run_in_lockstep
-from sae.module import SAETrainingModule
-from sae.resampling import resample_schedule
-from sae.run_identity import check_checkpoint, claim_run_dir, training_identity
-from sae.run_logger import build_logger
-from sae.sweep_groups import load_members
+from callbacks import build_callbacks
+from sae.activations.datamodule import ActivationDataModule
+from sae.activations.lockstep import MemberBatches, run_in_lockstep
+from sae.core.checks import to_objects
+from sae.core.errors import ConfigError
+from sae.core.tracking import build_logger, finish
+from sae.formats.native import save_sae
+from sae.lm.bridge import lazy_bridge
+from sae.sweeps.grouping import load_members
+from sae.training.config import TrainConfig, register_configs
+from sae.training.module import SAETrainingModule
+from sae.training.run import finished_summary, initial_sae, provenance, start_up_checks, write_summary
 
 register_configs()
 
 
-def build_sae(cfg: TrainConfig, sample: torch.Tensor) -> SparseAutoencoder:
-    """The configured architecture, initialised as it defines, then input scale and b_dec from the data sample."""
-    s = cfg.sae
-    d_in = sample.shape[1]
-    architecture = get_architecture(s.architecture)
-    settings = s.architecture_settings()
-    if getattr(settings, "k", None) is not None and settings.k > d_in * s.expansion:
-        raise ConfigError(
-            f"sae.k={settings.k} exceeds the SAE's {d_in * s.expansion} features (d_in {d_in} x sae.expansion={s.expansion})."
-        )
-    sae = architecture(d_in, d_in * s.expansion, settings)
-    sae.initialise_from_data_(sample, s.scale_inputs, s.b_dec_init)
-    return sae
-
-
-def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | None:
-    """Before any work: this directory is this config's, the context fits the model, and the
-    checkpoint to resume from (returned, None to start fresh) is readable."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    finished = (run_dir / "sae" / WEIGHTS).exists() and (run_dir / "summary.json").exists()
-    claim_run_dir(run_dir, training_identity(resolved), has_progress=finished or last.exists())
-    check_context_length(cfg.model, cfg.data.context_length)
-    if not last.exists() or finished:
-        return None
-    if not cfg.trainer.resume:
-        kept = last.with_name(last.name + ".old")
-        last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
-        print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
-        return None
-    check_checkpoint(last)
-    return last
-
-
-def build_callbacks(
-    cfg: TrainConfig, run_dir: Path, bridge, datamodule: ActivationDataModule, lockstep: MemberBatches | None = None
-) -> list[L.Callback]:
-    """Callbacks with a `summary()` method also contribute to the run's summary.json."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    density = FeatureDensityCallback(cfg.trainer.density_window_steps, run_dir / "plots")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
-    )
-    callbacks: list[L.Callback] = [density, checkpoint]
-    if cfg.sae.resample.enabled:
-        schedule = resample_schedule(cfg.sae.resample, cfg.sae.total_steps, cfg.sae.batch_size)
-        if schedule.note:
-            print(schedule.note)
-        callbacks.append(
-            NeuronResamplingCallback(schedule, datamodule.resampling_inputs, cfg.sae.resample.encoder_scale, cfg.sae.seed)
-        )
-    if cfg.trainer.eval_tokens > 0:
-        callbacks.append(
-            ReconstructionScoreCallback(
-                bridge,
-                cfg.model,
-                cfg.data,
-                cfg.trainer.eval_tokens,
-                cfg.trainer.eval_every_n_steps,
-                cfg.trainer.heldout_tokens,
-                cfg.activations.harvest_batch_size,
-                shared=lockstep.shared if lockstep else None,
-            )
-        )
-    if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar())
-    return callbacks
-
-
 def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep: MemberBatches | None = None) -> dict:
     """One run. In a grouped sweep the group's runs share `bridge` (the model) and `lockstep` (the batches)."""
-    summary_path = run_dir / "summary.json"
     last = start_up_checks(cfg, run_dir, resolved)
-    if (run_dir / "sae" / WEIGHTS).exists() and summary_path.exists():
+    done = finished_summary(run_dir)
+    if done is not None:
         print(f"{run_dir} already holds a finished SAE; skipping (delete the directory to train again).")
-        return json.loads(summary_path.read_text())
+        return done
     L.seed_everything(cfg.sae.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
 
     bridge = bridge or lazy_bridge(cfg.model)
-    datamodule = ActivationDataModule(cfg, bridge, lockstep)
-    callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep)
-    sae = build_sae(cfg, datamodule.init_sample())
+    datamodule = ActivationDataModule(
+        cfg.model, cfg.data, cfg.activations, cfg.sae.batch_size, cfg.sae.total_steps, cfg.sae.seed, bridge, lockstep
+    )
+    callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep.shared if lockstep else None)
+    sae = initial_sae(cfg.sae, datamodule.init_sample())
     module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
 
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
     # Under Slurm, requeueing is submitit's job (hydra/launcher=slurm); Lightning's own would be a second one.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = L.Trainer(
@@ -157,14 +84,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
             if hasattr(callback, "summary"):
                 callback.on_train_end(trainer, module)
 
-    provenance = {
-        "model": cfg.model.name,
-        "layer": cfg.model.layer,
-        "hook": cfg.model.hook,
-        "hook_name": f"blocks.{cfg.model.layer}.{cfg.model.hook}",
-        "train_config": resolved,
-    }
-    save_sae(module.sae, run_dir / "sae", provenance)
+    save_sae(module.sae, run_dir / "sae", provenance(cfg, resolved))
     summary = dict(module.last_metrics)
     for callback in callbacks:
         if hasattr(callback, "summary"):
@@ -177,16 +97,14 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
             "run_dir": str(run_dir),
         }
     )
-    atomic_write_json(summary_path, summary)
+    write_summary(run_dir, summary)
     for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            lg.experiment.finish()  # the next job of a sequential sweep (same process) starts a run of its own
+        finish(lg, summary)
     return summary
 
 
 def train_group(group_dir: Path) -> list[dict]:
-    """The runs of one group of a grouped sweep (sae/sweep_groups.py), side by side on shared batches."""
+    """The runs of one group of a grouped sweep (sae/sweeps/grouping.py), side by side on shared batches."""
     runs = []
     for cfg, run_dir in load_members(group_dir):
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -42,13 +41,16 @@ sys.path.insert(0, str(REPO))
 
 from machine import describe  # noqa: E402  (bench/machine.py)
 
-from sae.activations import build_cache  # noqa: E402
+from sae.activations.cache import build_cache  # noqa: E402
+from sae.activations.config import ActivationsConfig  # noqa: E402
 from sae.architectures import SparseAutoencoder  # noqa: E402
 from sae.architectures import build_sae as build_architecture  # noqa: E402
-from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
-from sae.lm import lazy_bridge  # noqa: E402
-from sae.module import SAETrainingModule, l1_warmup_factor, lr_decay_factor  # noqa: E402
-from train import build_sae  # noqa: E402
+from sae.lm.bridge import lazy_bridge  # noqa: E402
+from sae.lm.config import ModelConfig  # noqa: E402
+from sae.text.sources import DataConfig  # noqa: E402
+from sae.training.config import SAEConfig  # noqa: E402
+from sae.training.module import SAETrainingModule, l1_warmup_factor, lr_decay_factor  # noqa: E402
+from sae.training.run import initial_sae  # noqa: E402
 
 SAELENS_PYTHON = REPO / ".venv-saelens" / "bin" / "python"
 
@@ -266,7 +268,7 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             cfg = recipe(batch_size, args.steps, args.expansion)
             torch.manual_seed(cfg.seed)
-            init = build_sae(SimpleNamespace(sae=cfg), acts[:8192])
+            init = initial_sae(cfg, acts[:8192])
             if args.warm_start_steps:
                 warm_cfg = dataclasses.replace(recipe(batch_size, args.warm_start_steps, args.expansion), lr_decay_fraction=0.0)
                 init = train_bare(init, warm_cfg, acts)[1]

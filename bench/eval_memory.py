@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 from sae.architectures import ARCHITECTURES, build_sae  # noqa: E402
-from sae.evaluation import activation_stats, rows_per_chunk  # noqa: E402
+from sae.evaluation.stats import activation_stats, rows_per_chunk  # noqa: E402
 
 GB = 1e9
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe  # noqa: E402  (bench/machine.py)
 
 from sae.architectures import ReLUSAE  # noqa: E402
-from sae.resampling import sample_by_loss_squared  # noqa: E402
-from sae.sparse import auto_density_limit  # noqa: E402
+from sae.architectures.sparse import auto_density_limit  # noqa: E402
+from sae.training.resampling import sample_by_loss_squared  # noqa: E402
 
 # (label, kernel, fused Adam, compiled loss): fused shows what a one-pass optimizer adds once the products are
 # sparse; the compiled dense step is timed on GPUs only (`--compile`).

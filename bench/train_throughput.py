@@ -19,12 +19,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe  # noqa: E402
-from sae.activations import build_cache  # noqa: E402
+from sae.activations.batches import CachedBatches  # noqa: E402
+from sae.activations.cache import build_cache  # noqa: E402
+from sae.activations.config import ActivationsConfig
 from sae.architectures import ReLUSAE as SparseAutoencoder  # noqa: E402
-from sae.config import ActivationsConfig, DataConfig, ModelConfig, SAEConfig  # noqa: E402
-from sae.datamodule import CachedBatches  # noqa: E402
-from sae.lm import lazy_bridge  # noqa: E402
-from sae.module import SAETrainingModule  # noqa: E402
+from sae.lm.bridge import lazy_bridge  # noqa: E402
+from sae.lm.config import ModelConfig
+from sae.text.sources import DataConfig
+from sae.training.config import SAEConfig  # noqa: E402
+from sae.training.module import SAETrainingModule  # noqa: E402
 
 
 def bare_loop(sae: SparseAutoencoder, batches, cfg: SAEConfig, autocast: bool) -> float:
@@ -72,8 +75,8 @@ def lightning_loop(sae: SparseAutoencoder, cache, cfg: SAEConfig, steps: int) ->
 
 
 def harvest_rate(bridge, model_cfg: ModelConfig, data_cfg: DataConfig, contexts: int, stop: bool) -> float:
-    from sae.lm import bos_token_id, hook_name
-    from sae.text import batched, iter_contexts, iter_texts
+    from sae.lm.bridge import bos_token_id, hook_name
+    from sae.text.contexts import batched, iter_contexts, iter_texts
 
     tokens = next(
         batched(

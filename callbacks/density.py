@@ -12,8 +12,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from sae.metrics import density_summary, log10_density
-from sae.plots import plot_density_histogram
+from sae.core.tracking import log_results
+from sae.evaluation.measures import density_summary, log10_density
+from sae.evaluation.plots import plot_density_histogram
 
 
 class FeatureDensityCallback(L.Callback):
@@ -64,13 +65,6 @@ class FeatureDensityCallback(L.Callback):
             title=f"feature density over {tokens:,} tokens (step {step})",
         )
         metrics = {f"density/{k}": v for k, v in summary.items()}
+        histogram = {"density/log10_feature_density": log_density.clamp_min(-10).tolist()}
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
-
-                metrics = {
-                    **metrics,
-                    "density/log10_feature_density": wandb.Histogram(log_density.clamp_min(-10).tolist(), num_bins=64),
-                    "density/histogram_png": wandb.Image(str(path)),
-                }
-            logger.log_metrics(metrics, step=step)
+            log_results(logger, metrics, step, images={"density/histogram_png": path}, histograms=histogram)

@@ -18,9 +18,13 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-from sae.config import DataConfig, ModelConfig
-from sae.evaluation import activation_stats, heldout_tokens, sae_reconstruction, spliced_loss
-from sae.lm import bos_token_id, hook_name
+from sae.activations.harvest import harvest
+from sae.evaluation.spliced import sae_reconstruction, spliced_loss
+from sae.evaluation.stats import activation_stats
+from sae.lm.bridge import bos_token_id, hook_name
+from sae.lm.config import ModelConfig
+from sae.text.contexts import heldout_tokens
+from sae.text.sources import DataConfig
 
 HELDOUT_STATS = ("l0", "explained_variance", "mse", "cosine_similarity", "norm_ratio")
 
@@ -63,7 +67,7 @@ class ReconstructionScoreCallback(L.Callback):
         bridge = self.bridge()
         bos = bos_token_id(bridge)
         if self._tokens is None:
-            self._tokens = heldout_tokens(bridge, self.data_cfg, self.n_tokens, bos)
+            self._tokens = heldout_tokens(bridge.tokenizer, self.data_cfg, self.n_tokens, bos)
             self._zero_ablated = self.shared("zero_ablated_losses", dict)
         reconstruct = sae_reconstruction(pl_module.sae)
         result = spliced_loss(bridge, hook_name(self.model_cfg), self._tokens, reconstruct, bos, zero_ablated=self._zero_ablated)
@@ -85,8 +89,6 @@ class ReconstructionScoreCallback(L.Callback):
         return out
 
     def _heldout_activations(self) -> list[torch.Tensor]:
-        from sae.activations import harvest
-
         chunks, n = [], 0
         for chunk in harvest(self.bridge(), self.model_cfg, self.data_cfg, self.harvest_batch_size, split="heldout"):
             chunks.append(chunk)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import lightning as L
 import torch
 
-from sae.resampling import ResampleSchedule, dead_features, resample_features_, sample_by_loss_squared
+from sae.training.resampling import ResampleSchedule, dead_features, resample_features_, sample_by_loss_squared
 
 
 class NeuronResamplingCallback(L.Callback):

@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_script, script_env, train_tiny
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from support.runs import REPO, TINY, run_script, script_env, train_tiny
 
-from sae.config import ConfigError, TrainConfig, register_configs, to_objects
-from sae.eval_config import EvaluateConfig, MetricsConfig
-from sae.interp.config import ExplainerConfig, InterpConfig
+from sae.core.checks import to_objects
+from sae.core.errors import ConfigError
+from sae.evaluation.config import EvaluateConfig, MetricsConfig
+from sae.interp.backends import BACKENDS
+from sae.interp.config import InterpConfig
+from sae.training.config import TrainConfig, register_configs
 
 register_configs()
 
@@ -86,8 +89,10 @@ def _train_cfg():
 
 TRAIN_GROUPS = [(g, hint) for g, hint in typing.get_type_hints(TrainConfig).items() if dataclasses.is_dataclass(hint)]
 TRAIN_CASES = [key for group, cls in TRAIN_GROUPS for key, _ in numeric_fields(cls, f"{group}.")]
-OTHER = {"metrics": MetricsConfig, "interp": InterpConfig, "explainer": ExplainerConfig}
-OTHER_CASES = [key for name, cls in OTHER.items() for key, _ in numeric_fields(cls, f"{name}.")]
+OTHER = [("metrics", MetricsConfig), ("interp", InterpConfig), *(("explainer", cls) for cls, _ in BACKENDS.values())]
+OTHER_CASES = [
+    pytest.param(cls, key, id=f"{cls.__name__}:{key}") for name, cls in OTHER for key, _ in numeric_fields(cls, f"{name}.")
+]
 EVAL_CASES = [key for key, _ in numeric_fields(EvaluateConfig, "") if "." not in key]
 
 
@@ -163,11 +168,10 @@ def test_architecture_numeric_setting_zero_and_negative(architecture, key):
         build_settings(architecture, {field_name: 0}, k)
 
 
-@pytest.mark.parametrize("key", OTHER_CASES)
-def test_evaluate_and_interp_numeric_field_zero_and_negative(key):
+@pytest.mark.parametrize("cls,key", OTHER_CASES)
+def test_evaluate_and_interp_numeric_field_zero_and_negative(cls, key):
     name, field_name = key.split(".", 1)
-    cls = OTHER[name]
-    base = {"model": "gpt-4o-mini"} if cls is ExplainerConfig else {}
+    base = {}
     kind = dict(numeric_fields(cls, f"{name}."))[key]
     for value in _bad_values(key, kind):
         _expect_named_error(lambda: cls(**base, **{field_name: value}), key, value)
@@ -245,7 +249,7 @@ def test_corrupt_last_checkpoint_names_the_file_and_the_fix(tmp_path, activation
 def saved_sae(tmp_path_factory) -> Path:
     """A real SAE directory as train.py writes it (weights + cfg.json with the TINY training config)."""
     from sae.architectures import build_sae
-    from sae.io import save_sae
+    from sae.formats.native import save_sae
 
     resolved = OmegaConf.to_container(_train_cfg(), resolve=True)
     run_dir = tmp_path_factory.mktemp("saved") / "run"

@@ -1,5 +1,5 @@
 """Hydra's basic sweeper, plus `sweep.grouped=true`: jobs that read the same activations in the same
-order run as one job per group (sae/sweep_groups.py), through whichever launcher is configured.
+order run as one job per group (sae/sweeps/grouping.py), through whichever launcher is configured.
 
 Hydra only loads sweepers from the `hydra_plugins` namespace; train.py runs from the repository
 root, where this directory is found. conf/train.yaml selects it.
@@ -14,13 +14,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from sae.sweeps.grouping import plan_groups
+
 
 class GroupedSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         if not OmegaConf.select(self.config, "sweep.grouped", default=False):
             return super().sweep(arguments)
-        from sae.sweep_groups import plan_groups
-
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]

@@ -1,4 +1,5 @@
-"""SAE architectures by name: each one module with its parameters, encode, loss, init and settings.
+"""SAE architectures by name: each one module with its parameters, encode, loss, init, settings, checks and
+export mapping.
 
 To add one: subclass `SparseAutoencoder` (sae/architectures/base.py) in a new module, list it in
 `ARCHITECTURES`, and add a `conf/sae/<configuration>.yaml` with `architecture: <name>`.
@@ -15,13 +16,22 @@ from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
 from sae.architectures.jumprelu import JumpReLUSAE, JumpReLUSettings
 from sae.architectures.relu import ReLUSAE, ReLUSettings
 from sae.architectures.topk import TopKSAE, TopKSettings
-from sae.config import ConfigError
+from sae.core.errors import ConfigError
 
 ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
 
 
+# cfg.json files written before architectures were recorded hold a ReLU SAE.
+LEGACY_ARCHITECTURE = "relu"
+
+
 class UnknownArchitecture(ValueError):
     pass
+
+
+def architecture_of(cfg: dict) -> str:
+    """The architecture a saved SAE's cfg.json names."""
+    return cfg.get("architecture", LEGACY_ARCHITECTURE)
 
 
 def get_architecture(name: str) -> type[SparseAutoencoder]:
@@ -54,10 +64,13 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]}") from None
 
 
-def build_sae(
-    name: str, d_in: int, n_features: int, settings: dict[str, Any] | None = None, k: int | None = None
-) -> SparseAutoencoder:
-    return get_architecture(name)(d_in, n_features, build_settings(name, settings, k))
+def build_sae(name: str, d_in: int, n_features: int, settings: Any = None, k: int | None = None) -> SparseAutoencoder:
+    """The one constructor of an SAE: architecture `name` with its settings, typed already or a plain dict
+    (a config or cfg.json) checked field by field."""
+    cls = get_architecture(name)
+    if not isinstance(settings, cls.Settings):
+        settings = build_settings(name, settings, k)
+    return cls(d_in, n_features, settings)
 
 
 __all__ = [
@@ -73,6 +86,7 @@ __all__ = [
     "TopKSAE",
     "TopKSettings",
     "UnknownArchitecture",
+    "architecture_of",
     "build_sae",
     "build_settings",
     "geometric_median",

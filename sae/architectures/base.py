@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from sae.sparse import Forward
+from sae.architectures.sparse import Forward
 
 
 @dataclass
@@ -67,6 +66,8 @@ class SparseAutoencoder(nn.Module, ABC):
     # How a training loss runs the products over active latents (sae/sparse.py): "auto", "dense" or
     # "sparse"; the trainer sets it from sae.sparse_kernel. Architectures without a sparse loss ignore it.
     sparse_kernel: str = "auto"
+    # The architecture in SAELens's cfg.json (sae/formats/interop.py folds the input scale in first); None: none there.
+    saelens_architecture: ClassVar[str | None] = None
 
     def __init__(self, d_in: int, n_features: int, settings: Any = None):
         super().__init__()
@@ -158,6 +159,17 @@ class SparseAutoencoder(nn.Module, ABC):
         self.W_dec.mul_(decoder_norm / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         self.W_enc.copy_(self.W_dec.T)
         self.b_enc.zero_()
+
+    @classmethod
+    def saelens_extra(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The SAELens cfg keys and tensors this architecture needs beyond W_enc, b_enc, W_dec and b_dec, from our
+        (folded) tensors and cfg.json."""
+        return {}, {}
+
+    @classmethod
+    def sparsify_k(cls, cfg: dict) -> int | None:
+        """sparsify's `k` for this SAE (sparsify runs TopK-style SAEs only); None when it has no equivalent."""
+        return None
 
     def config_dict(self) -> dict:
         """What cfg.json needs to rebuild this SAE: shape, architecture and its settings."""

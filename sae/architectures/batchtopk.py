@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sae.architectures.topk import TopKSAE, TopKSettings, keep_top_k
-from sae.config import ConfigError
+from sae.core.errors import ConfigError
 
 
 @dataclass
@@ -42,6 +42,19 @@ def keep_top_k_of_batch(pre: torch.Tensor, k: int) -> torch.Tensor:
 class BatchTopKSAE(TopKSAE):
     name = "batchtopk"
     Settings = BatchTopKSettings
+    # At inference it keeps pre > θ (θ ≥ 0): a JumpReLU with θ for every latent, as SAELens saves its own.
+    saelens_architecture = "jumprelu"
+
+    @classmethod
+    def saelens_extra(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        theta = float(tensors["threshold"])
+        if theta < 0:
+            raise ConfigError("this BatchTopK SAE has no inference threshold yet (it never trained a step): train it first.")
+        return {}, {"threshold": torch.full((int(cfg["n_features"]),), theta)}
+
+    @classmethod
+    def sparsify_k(cls, cfg: dict) -> int | None:
+        return None  # a threshold at inference, not k per input
 
     def add_state(self) -> None:
         super().add_state()

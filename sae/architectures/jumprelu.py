@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
-from sae.config import ConfigError
+from sae.core.errors import ConfigError
 
 
 @dataclass
@@ -81,6 +81,11 @@ class JumpReLUSAE(SparseAutoencoder):
     sparsity_knob = "l1_coefficient"
     supports_resampling = False
     dead_latent_remedy = "none (trained without resampling, as Rajamanoharan et al.)"
+    saelens_architecture = "jumprelu"
+
+    @classmethod
+    def saelens_extra(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        return {}, {"threshold": tensors["log_threshold"].exp()}  # in pre-activation units, which the fold leaves alone
 
     def add_state(self) -> None:
         self.log_threshold = nn.Parameter(torch.empty(self.n_features))  # θ = exp(log_threshold) stays > 0

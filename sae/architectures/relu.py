@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
-from sae.config import ConfigError
-from sae.sparse import encode_decode
+from sae.architectures.sparse import encode_decode
+from sae.core.errors import ConfigError
 
 
 @dataclass
@@ -43,6 +43,11 @@ class ReLUSAE(SparseAutoencoder):
     sparsity_knob = "l1_coefficient"
     supports_resampling = True
     dead_latent_remedy = "dead-neuron resampling (sae.resample)"
+    saelens_architecture = "standard"
+
+    @classmethod
+    def sparsify_k(cls, cfg: dict) -> int:
+        return int(cfg["n_features"])  # TopK over all latents: ReLU, then keep all
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

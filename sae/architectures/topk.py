@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from sae.architectures.base import LossTerms, SparseAutoencoder
-from sae.config import ConfigError
-from sae.sparse import encode_decode
+from sae.architectures.sparse import encode_decode
+from sae.core.errors import ConfigError
 
 
 @dataclass
@@ -52,8 +52,23 @@ class TopKSAE(SparseAutoencoder):
     sparsity_knob = "k"
     supports_resampling = False
     dead_latent_remedy = "the AuxK loss on dead latents (sae.settings.k_aux, aux_coefficient, dead_tokens)"
+    saelens_architecture = "topk"
+
+    @classmethod
+    def saelens_extra(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        # ReLU of the k largest pre-activations, selected on raw pre-activations (no decoder-norm rescaling).
+        return {"k": int(cfg["settings"]["k"]), "rescale_acts_by_decoder_norm": False}, {}
+
+    @classmethod
+    def sparsify_k(cls, cfg: dict) -> int | None:
+        return int(cfg["settings"]["k"])
 
     def add_state(self) -> None:
+        if self.settings.k > self.n_features:
+            raise ConfigError(
+                f"sae.k={self.settings.k} exceeds the SAE's {self.n_features} features ({self.d_in} inputs): "
+                "lower sae.k or raise sae.expansion."
+            )
         self.register_buffer("tokens_since_fired", torch.zeros(self.n_features, dtype=torch.long))
 
     def reset_parameters(self) -> None:

@@ -7,14 +7,9 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from sae.config import ConfigError
+from sae.core.checks import require
 
 UNIT_KINDS = ("features", "neurons")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -51,10 +46,10 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         units = [self.units] if isinstance(self.units, str) else list(self.units)
-        _require(bool(units) and all(u in UNIT_KINDS for u in units), f"dashboard.units={units}: choose from {UNIT_KINDS}.")
+        require(bool(units) and all(u in UNIT_KINDS for u in units), f"dashboard.units={units}: choose from {UNIT_KINDS}.")
         self.units = units
         self.steering_prompts = list(self.steering_prompts)
-        _require(self.window >= 4, f"dashboard.window={self.window} must be >= 4.")
+        require(self.window >= 4, f"dashboard.window={self.window} must be >= 4.")
         for name in (
             "n_contexts",
             "batch_size",
@@ -69,25 +64,23 @@ class DashboardConfig:
             "steering_tokens",
             "blind_per_kind",
         ):
-            _require(getattr(self, name) >= 1, f"dashboard.{name}={getattr(self, name)} must be >= 1.")
+            require(getattr(self, name) >= 1, f"dashboard.{name}={getattr(self, name)} must be >= 1.")
         for name in ("n_quantiles", "per_quantile", "steering_units"):
-            _require(getattr(self, name) >= 0, f"dashboard.{name}={getattr(self, name)} must be >= 0.")
-        _require(
+            require(getattr(self, name) >= 0, f"dashboard.{name}={getattr(self, name)} must be >= 0.")
+        require(
             self.ablation_units is None or self.ablation_units >= 0,
             f"dashboard.ablation_units={self.ablation_units} must be >= 0 or null (all).",
         )
-        _require(
-            0 < self.steering_multiple <= 1000, f"dashboard.steering_multiple={self.steering_multiple} must be in (0, 1000]."
-        )
-        _require(
+        require(0 < self.steering_multiple <= 1000, f"dashboard.steering_multiple={self.steering_multiple} must be in (0, 1000].")
+        require(
             self.steering_temperature >= 0,
             f"dashboard.steering_temperature={self.steering_temperature} must be >= 0 (0 = greedy).",
         )
-        _require(
+        require(
             bool(self.steering_prompts) and all(isinstance(p, str) and p for p in self.steering_prompts),
             "dashboard.steering_prompts must be a non-empty list of non-empty strings.",
         )
-        _require(0 <= self.port <= 65535, f"dashboard.port={self.port} must be in 0..65535 (0 = any free port).")
+        require(0 <= self.port <= 65535, f"dashboard.port={self.port} must be in 0..65535 (0 = any free port).")
 
 
 def register_dashboard_configs() -> None:

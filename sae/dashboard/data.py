@@ -25,9 +25,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae.core.files import atomic_output, atomic_write_text
 from sae.dashboard.ablation import ablation_effect
 from sae.dashboard.config import DashboardConfig
+from sae.dashboard.steering import pinned_samples
 from sae.dashboard.units import UnitSpace
+from sae.interp.config import InterpConfig
+from sae.interp.records import harvest
 
 FORMAT = 1
 # Settings that change the stored data (the server-only and blind settings do not).
@@ -54,9 +58,8 @@ DATA_SETTINGS = (
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    tmp.replace(path)
+    """Compact JSON, atomically; NaN stays NaN (the site passes it on to JavaScript, where it is a literal)."""
+    atomic_write_text(path, json.dumps(obj, separators=(",", ":")))
 
 
 class DashboardStore:
@@ -100,16 +103,12 @@ def heldout_pass(
     if path.exists():
         t = load_file(path)
         return t["token_ids"], t["acts"]
-    from sae.interp.config import InterpConfig
-    from sae.interp.records import harvest
-
     pass_cfg = InterpConfig(
         n_contexts=cfg.n_contexts, window=cfg.window, batch_size=cfg.batch_size, n_score_random=0, score_tokens=1
     )
     h = harvest(bridge_fn(), hook, layer, lambda x: x, [], data_cfg, pass_cfg, bos_id)
-    tmp = path.with_suffix(".tmp")
-    save_file({"token_ids": h.token_ids.contiguous(), "acts": h.acts.float().contiguous()}, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        save_file({"token_ids": h.token_ids.contiguous(), "acts": h.acts.float().contiguous()}, tmp)
     return h.token_ids, h.acts
 
 
@@ -325,8 +324,6 @@ def build_ablations(
 def build_steering(
     space: UnitSpace, bridge, hook: str, bos_id: int, cfg: DashboardConfig, store: DashboardStore, index: dict
 ) -> None:
-    from sae.dashboard.steering import pinned_samples
-
     path = store.path(space.kind, "steering.json")
     done = json.loads(path.read_text()) if path.exists() else {}
     for u in sample_firing(index, cfg.steering_units, cfg.seed + 1):

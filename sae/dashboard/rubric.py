@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from scipy.stats import t
+
+from sae.core.plots import plt, save_figure
+from sae.core.tracking import LoggerConfig, build_logger, finish, log_results
+
 CRITERIA = ("confidence", "activations", "logits", "specificity")
 MAX_SCORE = 5
 MAX_RATER = 64
@@ -148,8 +153,6 @@ def mean_ci(values: list[float]) -> dict:
     mean = sum(values) / n
     if n < 2:
         return {"n": 1, "mean": mean, "sd": None, "ci95": None}
-    from scipy.stats import t
-
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
@@ -194,11 +197,6 @@ def markdown_table(summary: dict) -> str:
 
 
 def plot_histogram(summary: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = [i / 4 - 0.125 for i in range(4 * MAX_SCORE + 2)]
     for kind, colour in zip(KINDS, ("tab:blue", "tab:orange"), strict=False):
@@ -211,10 +209,7 @@ def plot_histogram(summary: dict, path: Path) -> Path:
     ax.set_ylabel("units")
     ax.set_title("How interpretable is the typical unit? (manual rubric)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def report(db_path: Path, out_dir: Path, sae: Optional[str] = None, logger_cfg=None, run_name: str = "rubric") -> dict:
@@ -232,28 +227,17 @@ def report(db_path: Path, out_dir: Path, sae: Optional[str] = None, logger_cfg=N
     return summary
 
 
-def log(summary: dict, png: Path, out_dir: Path, logger_cfg, run_name: str) -> None:
-    from sae.run_logger import build_logger
-
+def log(summary: dict, png: Path, out_dir: Path, logger_cfg: LoggerConfig, run_name: str) -> None:
     numbers = {
         f"rubric/{kind}/{c}_{k}": e[c][k] for kind, e in summary.items() for c in (*CRITERIA, "overall") for k in ("mean", "n")
     }
     numbers = {k: v for k, v in numbers.items() if v is not None}
+    columns = ["units", "criterion", "n", "mean", "ci_low", "ci_high"]
+    rows = [
+        [kind, c, e[c]["n"], e[c]["mean"], *(e[c]["ci95"] or [None, None])]
+        for kind, e in summary.items()
+        for c in (*CRITERIA, "overall")
+    ]
     logger = build_logger(logger_cfg, out_dir, run_name, {"rubric": True}, job_type="rubric")
-    if type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        table = wandb.Table(
-            columns=["units", "criterion", "n", "mean", "ci_low", "ci_high"],
-            data=[
-                [kind, c, e[c]["n"], e[c]["mean"], *(e[c]["ci95"] or [None, None])]
-                for kind, e in summary.items()
-                for c in (*CRITERIA, "overall")
-            ],
-        )
-        logger.experiment.summary.update(numbers)
-        logger.experiment.log({**numbers, "rubric/table": table, "rubric/histogram": wandb.Image(str(png))})
-        logger.experiment.finish()
-    else:
-        logger.log_metrics(numbers, step=0)
-        logger.save()
+    log_results(logger, numbers, images={"rubric/histogram": png}, tables={"rubric/table": (columns, rows)})
+    finish(logger, numbers)

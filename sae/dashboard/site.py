@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+from sae.core.files import atomic_write_text, finite_or_none
 from sae.dashboard.data import load_extras, load_part
 from sae.dashboard.logits import NORM_NOTE
 from sae.dashboard.rubric import ANCHORS, CRITERIA, MAX_SCORE, unit_means
@@ -30,13 +31,6 @@ def parse_js_call(text: str) -> list:
     """The arguments of a file written by `js_call` (the server reads chunks back for blind mode)."""
     start, end = text.index("(") + 1, text.rstrip().rindex(")")
     return json.loads("[" + text[start:end] + "]")
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def copy_static(site: Path) -> None:
@@ -68,16 +62,6 @@ def interp_columns(eval_dir: Path, kind: str) -> dict[int, dict]:
             "control_spearman": (row.get(f"control_{split}") or {}).get("spearman") if split else None,
         }
     return out
-
-
-def _finite(x):
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 def write_site(
@@ -112,24 +96,24 @@ def write_site(
                 for block in (u["logits"] or {}, u["ablation"] or {}):
                     for key in ("promoted", "suppressed"):
                         used.update(t for t, _ in block.get(key, []))
-            write_text(site / "data" / kind / f"chunk_{p:04d}.js", js_call("chunk", kind, p, units))
+            atomic_write_text(site / "data" / kind / f"chunk_{p:04d}.js", js_call("chunk", kind, p, units))
         for tops in index["top_tokens"]:
             used.update(tops)
         columns = {k: index[k] for k in ("density", "max_activation", "mean_activation", "fired_contexts", "top_tokens")}
         columns["explanation"] = {str(u): v["explanation"] for u, v in interp.items()}
         columns["spearman"] = {str(u): v["spearman"] for u, v in interp.items()}
         columns["rubric"] = {str(u): v for u, v in ratings.get(kind, {}).items()}
-        write_text(
+        atomic_write_text(
             site / "data" / kind / "index.js",
             js_call(
                 "index",
                 kind,
-                _finite({"n_units": index["n_units"], "n_tokens": index["n_tokens"], "part_units": part_units, **columns}),
+                finite_or_none({"n_units": index["n_units"], "n_tokens": index["n_tokens"], "part_units": part_units, **columns}),
             ),
         )
         kinds.append(kind)
     vocab = {str(i): tokenizer_decode([i]) for i in sorted(used)}
-    write_text(site / "data" / "vocab.js", js_call("vocab", vocab))
+    atomic_write_text(site / "data" / "vocab.js", js_call("vocab", vocab))
     meta = {
         **summary,
         "kinds": kinds,
@@ -137,5 +121,5 @@ def write_site(
         "norm_note": NORM_NOTE,
         "rubric": {"criteria": list(CRITERIA), "max": MAX_SCORE, "anchors": ANCHORS},
     }
-    write_text(site / "data" / "summary.js", js_call("summary", _finite(meta)))
+    atomic_write_text(site / "data" / "summary.js", js_call("summary", finite_or_none(meta)))
     return site / "index.html"

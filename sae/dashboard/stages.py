@@ -9,7 +9,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sae.dashboard import data
 from sae.dashboard.config import DashboardConfig
+from sae.dashboard.logits import final_norm_scale, logit_weights, unembedding
+from sae.dashboard.rubric import report
+from sae.dashboard.server import DashboardServer, SiteData, serve
+from sae.dashboard.site import write_site
+from sae.dashboard.steering import pinned_samples
+from sae.dashboard.units import UnitSpace
+from sae.formats.native import load_sae, weights_digest
+from sae.lm.bridge import bos_token_id, hook_name, lazy_bridge
 
 
 def dashboard_config(value) -> DashboardConfig:
@@ -24,13 +33,9 @@ class Session:
     """The SAE, its model (loaded on first use) and its feature-data folder."""
 
     def __init__(self, sae_dir: Path, eval_dir: Path, run, cfg: DashboardConfig, sae=None):
-        from sae.interp.pipeline import sae_identity
-        from sae.io import load_sae
-        from sae.lm import hook_name, lazy_bridge
-
         self.sae = sae if sae is not None else load_sae(sae_dir)[0]
         self.sae_dir, self.eval_dir, self.run, self.cfg = sae_dir, eval_dir, run, cfg
-        self.sae_id = sae_identity(sae_dir)
+        self.sae_id = weights_digest(sae_dir)
         self.hook = hook_name(run.model)
         self.bridge = lazy_bridge(run.model)
         self.root = eval_dir / "dashboard" / self.sae_id
@@ -38,8 +43,6 @@ class Session:
         self.db = eval_dir / "ratings.sqlite"
 
     def space(self, kind: str, width: int):
-        from sae.dashboard.units import UnitSpace
-
         return UnitSpace(kind, self.sae, width)
 
 
@@ -53,11 +56,6 @@ def run_stage(name: str, job) -> dict:
 
 
 def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None) -> dict:
-    from sae.dashboard import data
-    from sae.dashboard.logits import final_norm_scale, logit_weights, unembedding
-    from sae.dashboard.site import write_site
-    from sae.lm import bos_token_id
-
     s = Session(sae_dir, eval_dir, run, cfg, sae)
     store = data.DashboardStore(s.root, data.identity(cfg, s.sae_id, s.hook, run.data))
     bridge = s.bridge()
@@ -94,10 +92,6 @@ def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=
 
 def steerer(session: Session, cfg: DashboardConfig):
     """Pinned sampling on demand for the server (the model loads on the first request)."""
-    from sae.dashboard.server import SiteData
-    from sae.dashboard.steering import pinned_samples
-    from sae.lm import bos_token_id
-
     site = SiteData(session.site)
 
     def run(kind: str, unit: int, multiple: float, prompt: str) -> dict:
@@ -121,8 +115,6 @@ def steerer(session: Session, cfg: DashboardConfig):
 
 
 def run_serve(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None) -> dict:
-    from sae.dashboard.server import DashboardServer, serve
-
     s = Session(sae_dir, eval_dir, run, cfg, sae)
     server = DashboardServer(
         s.site, s.db, cfg.host, cfg.port, steerer=steerer(s, cfg), blind_per_kind=cfg.blind_per_kind, seed=cfg.seed
@@ -132,13 +124,10 @@ def run_serve(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None
 
 
 def run_rubric_report(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None) -> dict:
-    from sae.dashboard.rubric import report
-    from sae.interp.pipeline import sae_identity
-
     return report(
         eval_dir / "ratings.sqlite",
         eval_dir / "rubric",
-        sae_identity(sae_dir),
+        weights_digest(sae_dir),
         run.logger,
         run_name=f"rubric-{Path(sae_dir).resolve().parent.name}",
     )

@@ -20,10 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from sae.config import ConfigError, LoggerConfig
-from sae.files import atomic_write_json, atomic_write_text
-from sae.interp.backends import Backend, BackendError, Explanation, build_backend, check_ready
-from sae.interp.config import ExplainerConfig, InterpConfig
+from sae.core.errors import ConfigError
+from sae.core.files import atomic_write_json, atomic_write_text
+from sae.core.tracking import LoggerConfig, build_logger, finish, log_results
+from sae.formats.native import find_sae_dir, load_sae, weights_digest
+from sae.interp.backends import Backend, BackendError, ExplainerConfig, Explanation, build_backend
+from sae.interp.backends.token_pattern import TokenPatternConfig
+from sae.interp.config import InterpConfig
 from sae.interp.prompts import PROMPT_VERSION
 from sae.interp.records import UnitRecords, build_records, harvest_units, load_records, save_records, unit_hook
 from sae.interp.results import MethodSummary, Simulated, SplitSummary, UnitResult
@@ -35,13 +38,6 @@ GROUPS = ("top", "random", "quantiles")
 
 class InterpFailed(RuntimeError):
     """Every unit failed: the results say why, and the run must not look like a success."""
-
-
-def sae_identity(sae_dir: Path) -> str:
-    """A short hash of the weights: results of a retrained SAE in the same place are never reused."""
-    from sae.eval_metrics import weights_digest
-
-    return weights_digest(sae_dir)
 
 
 def collect(
@@ -216,7 +212,6 @@ def run_interp(
     run_dir: str | Path,
     logger: Optional[LoggerConfig] = None,
     bridge=None,
-    wandb_run=None,
     log=print,
     sae=None,
     sae_cfg: Optional[dict] = None,
@@ -225,20 +220,18 @@ def run_interp(
 
     `sae`/`sae_cfg`: the SAE already loaded (e.g. on the GPU) with its cfg.json; else loaded from `sae_path`.
     Raises InterpFailed (after writing every result) when no unit could be scored by the chosen explainer."""
-    from sae.io import find_sae_dir, load_sae
-
     configs = [explainer]
     if interp.baseline and explainer.kind != "token_pattern":
-        configs.insert(0, ExplainerConfig(kind="token_pattern"))
+        configs.insert(0, TokenPatternConfig())
     for cfg in configs:
-        check_ready(cfg)  # a missing key fails here, before any model pass
+        cfg.check_ready()  # a missing key fails here, before any model pass
     run_dir = Path(run_dir)
     out_dir = run_dir / "interp"
     out_dir.mkdir(parents=True, exist_ok=True)
     sae_dir = find_sae_dir(sae_path)
     if sae is None or sae_cfg is None:
         sae, sae_cfg = load_sae(sae_dir)
-    sid = sae_identity(sae_dir)
+    sid = weights_digest(sae_dir)
     hook = unit_hook(sae_cfg, interp)
     record_settings = {
         k: v
@@ -264,8 +257,7 @@ def run_interp(
             raise ConfigError(str(exc)) from exc
         if hasattr(backend, "memo"):
             backend.memo = ResultStore(out_dir / "requests.jsonl")
-        workers = cfg.max_concurrency if cfg.kind == "openai" else 1
-        rows = MethodRun(cfg.kind, backend, store, base_key, workers, log).run(records, interp)
+        rows = MethodRun(cfg.kind, backend, store, base_key, cfg.workers, log).run(records, interp)
         results.extend(rows)
         methods[cfg.kind] = summarise_method(rows, interp, cfg.identity)
 
@@ -288,7 +280,7 @@ def run_interp(
         "methods": {name: asdict(m) for name, m in methods.items()},
     }
     write_summary(run_dir / "interp_summary.json", interp.units, summary)
-    log_wandb(results, summary, interp, run_dir, logger, wandb_run)
+    log_results_to_run(results, summary, interp, run_dir, logger)
     if primary.n_failed == primary.n_units:
         reasons = sorted({str(r) for r in primary.failed.values()})
         raise InterpFailed(
@@ -309,20 +301,13 @@ def write_summary(path: Path, units: str, summary: dict) -> None:
     atomic_write_json(path, existing)
 
 
-def log_wandb(
-    results: list[UnitResult], summary: dict, interp: InterpConfig, run_dir: Path, logger: Optional[LoggerConfig], wandb_run=None
+def log_results_to_run(
+    results: list[UnitResult], summary: dict, interp: InterpConfig, run_dir: Path, logger: Optional[LoggerConfig]
 ) -> None:
-    """A W&B table of explanations and scores, and the score histogram (reusing sae/run_logger.py)."""
-    if wandb_run is None and (logger is None or logger.kind != "wandb"):
+    """The explanations and scores as a table, each method's score histogram and means, to the SAE's W&B project
+    (a CSV logger has nowhere to put a table: the scores are in the run directory's files)."""
+    if logger is None or logger.kind != "wandb":
         return
-    import wandb
-
-    own = None
-    if wandb_run is None:
-        from sae.run_logger import build_logger
-
-        own = build_logger(logger, run_dir, f"interp-{interp.units}", {"interp": asdict(interp)}, job_type="interp")
-        wandb_run = own.experiment
     split = interp.splits[0]
     columns = [
         "units",
@@ -338,10 +323,10 @@ def log_wandb(
         "density",
         "reason",
     ]
-    data = []
+    rows = []
     for r in results:
         scores = [r.score(role, split, metric) for role in ("own", "control") for metric in ("spearman", "pearson")]
-        data.append(
+        rows.append(
             [
                 interp.units,
                 r.unit,
@@ -354,15 +339,16 @@ def log_wandb(
                 r.reason or "",
             ]
         )
-    payload = {f"interp/{interp.units}/explanations": wandb.Table(columns=columns, data=data)}
+    numbers, histograms = {}, {}
     for method in sorted({r.method for r in results}):
         vals = [r.score("own", split, "spearman") for r in results if r.method == method]
         vals = [v for v in vals if not math.isnan(v)]
         if vals:
-            payload[f"interp/{interp.units}/{method}/spearman_hist"] = wandb.Histogram(vals)
+            histograms[f"interp/{interp.units}/{method}/spearman_hist"] = vals
         m = summary["methods"][method]["splits"][split]
         for metric in ("spearman", "pearson", "control_spearman", "control_pearson"):
-            payload[f"interp/{interp.units}/{method}/{metric}_mean"] = m[metric]["mean"]
-    wandb_run.log(payload)
-    if own is not None:
-        wandb_run.finish()
+            if m[metric]["mean"] is not None and not math.isnan(m[metric]["mean"]):
+                numbers[f"interp/{interp.units}/{method}/{metric}_mean"] = m[metric]["mean"]
+    run = build_logger(logger, run_dir, f"interp-{interp.units}", {"interp": asdict(interp)}, job_type="interp")
+    log_results(run, numbers, histograms=histograms, tables={f"interp/{interp.units}/explanations": (columns, rows)})
+    finish(run)

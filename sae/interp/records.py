@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.files import atomic_write_json
+from sae.core.errors import ConfigError
+from sae.core.files import atomic_write_json
+from sae.formats.run_config import run_configs
 from sae.interp.config import InterpConfig
-from sae.text import batched, iter_contexts, iter_texts
+from sae.lm.bridge import bos_token_id, load_language_model
+from sae.text.contexts import batched, iter_contexts, iter_texts
 
 
 @dataclass
@@ -111,10 +114,6 @@ def harvest_units(sae, sae_cfg: dict, interp: InterpConfig, bridge=None) -> tupl
     One model pass for all units; returns the harvest and the language model (for its tokenizer).
     Everything that shows units on text (scoring, dashboards) builds on this.
     """
-    from sae.config import ConfigError
-    from sae.lm import bos_token_id, load_language_model
-    from sae.run_config import run_configs
-
     if not (sae_cfg.get("train_config") or {}).get("data"):
         raise ConfigError("cfg.json has no train_config.data: cannot tell which text the SAE was trained on.")
     run = run_configs(sae_cfg)

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from sae.files import finite_or_none
+from sae.core.files import finite_or_none
 
 
 @dataclass

@@ -16,6 +16,26 @@ class BackendError(RuntimeError):
 
 
 @dataclass
+class ExplainerConfig:
+    """What every explainer's settings share. `kind` names the backend (a key of sae.interp.backends.BACKENDS)."""
+
+    kind: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What distinguishes this explainer's results in the store (never a secret)."""
+        return self.kind
+
+    @property
+    def workers(self) -> int:
+        """Units explained and simulated at once."""
+        return 1
+
+    def check_ready(self) -> None:
+        """Start-up checks that need no network and no model: fail before any work is done."""
+
+
+@dataclass
 class Explanation:
     text: str
     # token_pattern only: [[preceding tokens...], token, weight] — what its simulator matches.

@@ -11,22 +11,42 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from sae.interp.backends.base import BackendError, Explanation, Simulation, prompt_records
-from sae.interp.config import ExplainerConfig
+from sae.core.checks import require
+from sae.interp.backends.base import BackendError, ExplainerConfig, Explanation, Simulation, prompt_records
 from sae.interp.prompts import MAX_VALUE, MalformedCompletion, explain_messages, parse_explanation, simulate_prompt
 from sae.interp.records import Record, UnitRecords
+from sae.lm.bridge import pick_device
+from sae.lm.embedded import resolve_model_path
 
 PROMPT_RECORDS = 5  # Bills et al. explained from 5 top records
 
 
-class LocalBackend:
-    def __init__(self, cfg: ExplainerConfig):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass
+class LocalConfig(ExplainerConfig):
+    kind: str = "local"
+    model: str = "embedded:smollm2"  # a Hugging Face name or directory, or "embedded:smollm2" (packaged, offline)
+    device: str = "auto"
+    dtype: str = "float32"  # bfloat16 is faster on CPUs with AVX-512 bf16 (never float16 on CPU)
+    sim_batch_size: int = 8  # records per forward pass
+    explanation_max_tokens: int = 60
 
-        from sae.lm import pick_device, resolve_model_path
+    def __post_init__(self) -> None:
+        require(self.dtype in ("float32", "bfloat16"), f"explainer.dtype={self.dtype!r}: use float32 or bfloat16.")
+        require(self.sim_batch_size >= 1, f"explainer.sim_batch_size={self.sim_batch_size} must be >= 1.")
+        require(self.explanation_max_tokens >= 1, f"explainer.explanation_max_tokens={self.explanation_max_tokens} must be >= 1.")
+
+    @property
+    def identity(self) -> str:
+        return f"local:{self.model}:{self.dtype}"
+
+
+class LocalBackend:
+    def __init__(self, cfg: LocalConfig):
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # seconds to import: only for this backend
 
         self.cfg = cfg
         self.identity = cfg.identity

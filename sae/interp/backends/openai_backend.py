@@ -18,9 +18,20 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
 
-from sae.interp.backends.base import BackendError, Explanation, Simulation, add_usage, expected_value, prompt_records
-from sae.interp.config import ExplainerConfig
+from sae.core.checks import require
+from sae.core.errors import ConfigError
+from sae.interp.backends.base import (
+    BackendError,
+    ExplainerConfig,
+    Explanation,
+    Simulation,
+    add_usage,
+    expected_value,
+    prompt_records,
+)
 from sae.interp.prompts import (
     MalformedCompletion,
     explain_messages,
@@ -38,8 +49,67 @@ PROBE_BACKOFF_S = 0.5
 NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
 
 
+SIMULATOR_METHODS = ("auto", "logprobs", "integers")
+
+
+@dataclass
+class OpenAIConfig(ExplainerConfig):
+    kind: str = "openai"
+    model: str = "gpt-4o-mini"  # the model name the endpoint serves
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1 ; null = OpenAI's API
+    # Name of the environment variable that holds the key (the key itself is never in a config).
+    # null: the endpoint needs no key (a local llama.cpp or vLLM server).
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    max_concurrency: int = 4
+    max_retries: int = 4  # the openai client's own exponential backoff on 429, 5xx, timeouts
+    timeout_s: float = 120.0
+    # logprobs: all-at-once expected value from prompt log-probabilities (completions with echo);
+    # integers: the chat model rewrites each line with an integer; auto: logprobs when the endpoint
+    # returns them, else integers. Each result records the method that produced it.
+    simulator: str = "auto"
+    top_logprobs: int = 15
+    explanation_max_tokens: int = 60
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(
+            self.simulator in SIMULATOR_METHODS, f"explainer.simulator={self.simulator!r}: choose one of {SIMULATOR_METHODS}."
+        )
+        require(self.max_concurrency >= 1, f"explainer.max_concurrency={self.max_concurrency} must be >= 1.")
+        require(self.max_retries >= 0, f"explainer.max_retries={self.max_retries} must be >= 0.")
+        require(self.timeout_s > 0, f"explainer.timeout_s={self.timeout_s} must be > 0.")
+        require(1 <= self.top_logprobs <= 20, f"explainer.top_logprobs={self.top_logprobs} must be in 1..20.")
+        require(self.explanation_max_tokens >= 1, f"explainer.explanation_max_tokens={self.explanation_max_tokens} must be >= 1.")
+        require(self.temperature >= 0, f"explainer.temperature={self.temperature} must be >= 0.")
+        require(
+            bool(self.model) and not self.model.startswith("embedded:"),
+            f"explainer.model={self.model!r}: name the model the endpoint serves, e.g. explainer.model=gpt-4o-mini.",
+        )
+        if self.api_key_env is not None:
+            require(
+                self.api_key_env.isidentifier(),
+                "explainer.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key.",
+            )
+
+    @property
+    def identity(self) -> str:
+        return f"openai:{self.base_url or 'api.openai.com'}:{self.model}"
+
+    @property
+    def workers(self) -> int:
+        return self.max_concurrency
+
+    def check_ready(self) -> None:
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ConfigError(
+                f"explainer=openai needs an API key: the environment variable {self.api_key_env} "
+                f"(explainer.api_key_env) is not set. Export it, or set explainer.api_key_env=null "
+                f"for a server that needs no key."
+            )
+
+
 class OpenAIBackend:
-    def __init__(self, cfg: ExplainerConfig):
+    def __init__(self, cfg: OpenAIConfig):
         import openai
 
         self.cfg = cfg

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sae.interp.backends.base import Explanation, Simulation
-from sae.interp.config import ExplainerConfig
+from sae.core.checks import require
+from sae.interp.backends.base import ExplainerConfig, Explanation, Simulation
 from sae.interp.records import Record, UnitRecords
 
 
+@dataclass
+class TokenPatternConfig(ExplainerConfig):
+    kind: str = "token_pattern"
+    max_patterns: int = 20  # patterns kept per explanation
+    context_tokens: int = 1  # preceding tokens a pattern may require
+
+    def __post_init__(self) -> None:
+        require(self.max_patterns >= 1, f"explainer.max_patterns={self.max_patterns} must be >= 1.")
+        require(self.context_tokens >= 0, f"explainer.context_tokens={self.context_tokens} must be >= 0.")
+
+    @property
+    def identity(self) -> str:
+        return f"token_pattern(max={self.max_patterns},ctx={self.context_tokens})"
+
+
 class TokenPatternBackend:
-    def __init__(self, cfg: ExplainerConfig):
+    def __init__(self, cfg: TokenPatternConfig):
         self.cfg = cfg
         self.identity = cfg.identity
 

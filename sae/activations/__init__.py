@@ -1,0 +1,1 @@
+"""Activations of the hooked layer: harvested from the model, cached on disk or streamed, batched for training."""

@@ -1,0 +1,1 @@
+"""Measuring an SAE: spliced cross-entropy, activation statistics, density, and evaluate.py's metrics stage."""

@@ -1,0 +1,388 @@
+"""Sweep report: one table and a few plots that compare every run of a sweep directory.
+
+    python -m sae.sweeps.report multirun/smoke            # report.csv, report.md and plots/ in that directory
+    python -m sae.sweeps.report multirun/smoke --wandb    # ... and log them to W&B (group = the sweep)
+
+Runs that differ only by `sae.seed` form one setting: the report gives each setting's mean and
+95% interval (Student t over seeds) in both tables and as error bars on the plots. L0 and
+explained variance are the held-out values computed at the end of each run (`eval/*`), falling
+back to the last training batch's for runs made without them.
+
+It reads what the runs left on disk (`summary.json`, `.hydra/config.yaml`, `plots/density.png`), so
+it works on any sweep directory, finished or not: runs without a summary are listed as unfinished.
+`SweepReport` is the Hydra callback (see `hydra.callbacks` in conf/train.yaml) that writes the same
+report when a `--multirun` ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from scipy import stats
+
+from sae.core.checks import config_from_dict
+from sae.core.tracking import LoggerConfig, build_logger, finish, log_results
+from sae.sweeps.report_plots import write_plots
+from sae.training.config import register_configs
+from sae.training.identity import RUN_CONFIG, identity_hash, number, training_identity
+
+COLUMNS_MD = {  # report.md column -> (row field, format string or function)
+    "run": ("run", "{}"),
+    "expansion": ("expansion", "{}x"),
+    "L1": ("l1_coefficient", number),  # exact: 2.5e-4 and 3.5e-4 stay apart
+    "lr": ("lr", number),
+    "tokens": ("tokens", "{:,}"),
+    "seed": ("seed", "{}"),
+    "L0": ("l0", "{:.1f}"),
+    "recon. score": ("reconstruction_score", "{:.3f}"),
+    "expl. var.": ("explained_variance", "{:.3f}"),
+    "dead %": ("dead_pct", "{:.1f}"),
+    "ultralow %": ("ultralow_pct", "{:.1f}"),
+    "status": ("status", "{}"),
+}
+
+
+@dataclass
+class RunRow:
+    """Final metrics of one run; None where the run did not (yet) produce the value."""
+
+    run: str
+    path: str  # relative to the sweep directory
+    status: str  # "finished" | "unfinished"
+    recipe: Optional[str] = None
+    architecture: Optional[str] = None
+    expansion: Optional[int] = None
+    k: Optional[int] = None
+    l1_coefficient: Optional[float] = None
+    lr: Optional[float] = None
+    tokens: Optional[int] = None  # the training budget (sae.tokens)
+    seed: Optional[int] = None
+    setting: Optional[str] = None  # hash of the training config without the seed: same setting, other seed
+    steps: Optional[int] = None
+    l0: Optional[float] = None
+    reconstruction_score: Optional[float] = None
+    explained_variance: Optional[float] = None
+    dead_pct: Optional[float] = None
+    ultralow_pct: Optional[float] = None
+    # The run's setting over its finished seeds: count, mean and 95% interval half-width per metric.
+    n_seeds: Optional[int] = None
+    l0_mean: Optional[float] = None
+    l0_ci95: Optional[float] = None
+    reconstruction_score_mean: Optional[float] = None
+    reconstruction_score_ci95: Optional[float] = None
+    explained_variance_mean: Optional[float] = None
+    explained_variance_ci95: Optional[float] = None
+    dead_pct_mean: Optional[float] = None
+    dead_pct_ci95: Optional[float] = None
+
+    @property
+    def family(self) -> str:
+        """What one curve of the frontier plot holds: the configuration (two recipes may share an architecture)."""
+        return str(self.recipe or self.architecture or "sae")
+
+
+AGGREGATED = ("l0", "reconstruction_score", "explained_variance", "dead_pct")
+
+
+@dataclass
+class Setting:
+    """Runs that differ only by seed, aggregated: mean and 95% interval half-width (None for one seed)."""
+
+    setting: str
+    label: str
+    members: list[RunRow]
+    mean: dict[str, Optional[float]]
+    ci95: dict[str, Optional[float]]
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    def __getattr__(self, name: str) -> Any:  # expansion, tokens, l1_coefficient, lr, family: the members' own
+        if name.startswith("__") or name in ("members", "mean", "ci95"):
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, Optional[float]]:
+    """Mean and the half-width of its 95% Student-t interval (None for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def aggregate(rows: list[RunRow]) -> list[Setting]:
+    """One `Setting` per distinct training config without the seed, over its finished runs; fills each row's
+    n_seeds / *_mean / *_ci95."""
+    groups: dict[str, list[RunRow]] = {}
+    for row in rows:
+        if row.status == "finished":
+            groups.setdefault(row.setting or row.path, []).append(row)
+    settings = []
+    for key, members in groups.items():
+        mean, ci = {}, {}
+        for metric in AGGREGATED:
+            values = [getattr(r, metric) for r in members if getattr(r, metric) is not None]
+            mean[metric], ci[metric] = mean_ci95(values) if values else (None, None)
+        label = members[0].run.rsplit("-", 1)[0].replace(f"_seed={members[0].seed}", "")
+        settings.append(Setting(key, label, members, mean, ci))
+        for r in members:
+            r.n_seeds = len(members)
+            for metric in AGGREGATED:
+                setattr(r, f"{metric}_mean", mean[metric])
+                setattr(r, f"{metric}_ci95", ci[metric])
+    return settings
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory under the sweep: one with Hydra's `.hydra/` record or a `summary.json`."""
+    skip = {".submitit", ".groups", "wandb", "plots", "checkpoints", "sae"}
+    found = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
+    found |= {p.parent for p in sweep_dir.rglob("summary.json")}
+    return sorted(d for d in found if d != sweep_dir and not skip & set(d.relative_to(sweep_dir).parts))
+
+
+def _setting_of(run_dir: Path, cfg: dict) -> Optional[str]:
+    """Hash of the run's training identity without its seed (run_config.json, else the resolved config)."""
+    record = run_dir / RUN_CONFIG
+    identity = json.loads(record.read_text()).get("identity") if record.exists() else None
+    if identity is None and (run_dir / "sae" / "cfg.json").exists():
+        identity = json.loads(json.dumps(training_identity(cfg), default=str))
+    if not identity:
+        return None
+    identity = {**identity, "sae": {k: v for k, v in identity.get("sae", {}).items() if k != "seed"}}
+    return identity_hash(identity)
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's training config: resolved from sae/cfg.json when finished, else Hydra's record."""
+    cfg_json = run_dir / "sae" / "cfg.json"
+    if cfg_json.exists():
+        return json.loads(cfg_json.read_text()).get("train_config", {})
+    hydra_cfg = run_dir / ".hydra" / "config.yaml"
+    if hydra_cfg.exists():  # unresolved: only plain values are read from it
+        return OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False)
+    return {}
+
+
+def _find_metric(summary: dict, name: str) -> Optional[float]:
+    """`name` as logged under any prefix, the held-out `eval/` value first (eval/l0, else train/l0)."""
+    if isinstance(summary.get(f"eval/{name}"), (int, float)):
+        return float(summary[f"eval/{name}"])
+    for key, value in summary.items():
+        if (key == name or key.endswith("/" + name)) and isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def _plain(value: Any, kind: type) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):  # missing, or an unresolved interpolation
+        return None
+
+
+def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
+    cfg = _run_config(run_dir)
+    sae = cfg.get("sae", {}) if isinstance(cfg.get("sae"), dict) else {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    finished = bool(summary) and (run_dir / "sae" / "sae.safetensors").exists()
+    pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
+    return RunRow(
+        run=str(summary.get("run_name") or run_dir.name),
+        path=str(run_dir.relative_to(sweep_dir)),
+        status="finished" if finished else "unfinished",
+        recipe=sae.get("recipe"),
+        architecture=sae.get("architecture"),
+        expansion=_plain(sae.get("expansion"), int),
+        k=_plain(sae.get("k"), int),
+        l1_coefficient=_plain(sae.get("l1_coefficient"), float),
+        lr=_plain(sae.get("lr"), float),
+        tokens=_plain(sae.get("tokens"), int),
+        seed=_plain(sae.get("seed"), int),
+        setting=_setting_of(run_dir, cfg),
+        steps=_plain(summary.get("steps"), int),
+        l0=_find_metric(summary, "l0"),
+        reconstruction_score=_find_metric(summary, "reconstruction_score"),
+        explained_variance=_find_metric(summary, "explained_variance"),
+        dead_pct=pct(_find_metric(summary, "dead_fraction")),
+        ultralow_pct=pct(_find_metric(summary, "ultralow_fraction")),
+    )
+
+
+def collect(sweep_dir: str | Path) -> list[RunRow]:
+    """Every run's row, with its setting's across-seed aggregates filled in."""
+    sweep_dir = Path(sweep_dir)
+    rows = [read_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    aggregate(rows)
+    return rows
+
+
+def write_csv(rows: list[RunRow], path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[f.name for f in fields(RunRow)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    return path
+
+
+def markdown_table(rows: list[RunRow]) -> str:
+    """The report table; the reconstruction-score column only when some run has one."""
+    columns = {
+        k: v for k, v in COLUMNS_MD.items() if k != "recon. score" or any(r.reconstruction_score is not None for r in rows)
+    }
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for attr, fmt in columns.values():
+            value = getattr(row, attr)
+            cells.append("–" if value is None else fmt(value) if callable(fmt) else fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(settings: list[Setting]) -> str:
+    """Mean ± 95% interval per setting, for the settings trained with more than one seed."""
+    multi = [s for s in settings if s.n > 1]
+    if not multi:
+        return ""
+
+    def cell(s: Setting, metric: str, fmt: str) -> str:
+        if s.mean[metric] is None:
+            return "–"
+        return fmt.format(s.mean[metric]) + ("" if s.ci95[metric] is None else " ± " + fmt.format(s.ci95[metric]))
+
+    lines = ["| setting | seeds | L0 | recon. score | expl. var. | dead % |", "|---|---|---|---|---|---|"]
+    for s in sorted(multi, key=lambda s: s.label):
+        seeds = ",".join(str(r.seed) for r in sorted(s.members, key=lambda r: r.seed if r.seed is not None else -1))
+        lines.append(
+            f"| {s.label} | {seeds} | {cell(s, 'l0', '{:.1f}')} | {cell(s, 'reconstruction_score', '{:.3f}')} | "
+            f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    rows: list[RunRow]
+    csv: Path
+    markdown: Path
+    plots: dict[str, Path]
+
+
+def _sweep_name(sweep_dir: Path) -> str:
+    """The `sweep.name` recorded in Hydra's multirun.yaml, else the directory's name."""
+    multirun = sweep_dir / "multirun.yaml"
+    if multirun.exists():
+        name = OmegaConf.select(OmegaConf.load(multirun), "sweep.name", default=None)
+        if isinstance(name, str):
+            return name
+    return sweep_dir.name
+
+
+def build_report(sweep_dir: str | Path) -> Report:
+    """Write report.csv, report.md and report_plots/*.png into the sweep directory."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    settings = aggregate(rows)
+    plots = write_plots(rows, settings, sweep_dir, sweep_dir / "report_plots")
+    csv_path = write_csv(rows, sweep_dir / "report.csv")
+    done = sum(r.status == "finished" for r in rows)
+    parts = [
+        f"# Sweep report: {_sweep_name(sweep_dir)}",
+        "",
+        f"{done} of {len(rows)} runs finished. Directory: `{sweep_dir}`.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    across = seeds_table(settings)
+    if across:
+        parts += [
+            "## Across seeds",
+            "",
+            "Mean ± half-width of the 95% interval (Student t) over the seeds of each setting "
+            "(runs that differ only by `sae.seed`).",
+            "",
+            across,
+            "",
+        ]
+    parts += [f"![{name}]({path.relative_to(sweep_dir)})\n" for name, path in plots.items()]
+    md_path = sweep_dir / "report.md"
+    md_path.write_text("\n".join(parts))
+    return Report(sweep_dir, rows, csv_path, md_path, plots)
+
+
+def log_to_wandb(report: Report, logger_cfg: dict) -> None:
+    """One W&B run per sweep directory (job_type sweep-report) in the sweep's group: the table and the plots."""
+    cfg = config_from_dict(LoggerConfig, logger_cfg)
+    cfg = dataclasses.replace(cfg, group=cfg.group or report.sweep_dir.name)
+    logger = build_logger(cfg, report.sweep_dir, f"{cfg.group}-report", {}, job_type="sweep-report")
+    columns = [f.name for f in fields(RunRow)]
+    table = (columns, [[getattr(r, c) for c in columns] for r in report.rows])
+    log_results(logger, {}, images={f"sweep/{name}": p for name, p in report.plots.items()}, tables={"sweep/report": table})
+    finish(logger)
+
+
+class SweepReport(Callback):
+    """Hydra callback: writes the sweep report (and logs it to W&B when the runs use W&B) after a multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.exists():
+            return
+        report = build_report(sweep_dir)
+        print(f"sweep report: {report.markdown}")
+        logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {}
+        if logger.get("kind") == "wandb":
+            log_to_wandb(report, logger)
+
+
+def _logger_cfg_of(sweep_dir: Path) -> dict:
+    """The logger settings the sweep ran with, from Hydra's multirun.yaml (W&B defaults otherwise)."""
+    multirun = sweep_dir / "multirun.yaml"
+    if multirun.exists():
+        register_configs()  # the resolvers its interpolations use
+        cfg = OmegaConf.load(multirun)
+        try:
+            return OmegaConf.to_container(cfg.logger, resolve=True)
+        except Exception:  # an interpolation that only resolves inside a job
+            return {k: v for k, v in OmegaConf.to_container(cfg.logger, resolve=False).items() if k != "tags"}
+    return {"kind": "wandb"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sae.sweeps.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. multirun/smoke")
+    parser.add_argument("--wandb", action="store_true", help="also log the report to W&B (the sweep's project and group)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"{args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    report = build_report(args.sweep_dir)
+    if not report.rows:
+        print(f"no runs found under {args.sweep_dir}", file=sys.stderr)
+        return 1
+    print(report.markdown.read_text())
+    if args.wandb:
+        log_to_wandb(report, _logger_cfg_of(args.sweep_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
