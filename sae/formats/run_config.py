@@ -9,30 +9,15 @@ dataclass checks run, so a bad value fails naming its field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Optional, TypeVar
-
-from omegaconf import OmegaConf
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from sae.activations.config import ActivationsConfig
-from sae.core.checks import to_objects
+from sae.core.checks import config_from_dict
 from sae.core.errors import ConfigError
 from sae.core.tracking import LoggerConfig
 from sae.lm.config import ModelConfig
 from sae.text.sources import DataConfig
-
-T = TypeVar("T")
-
-
-def config_from_dict(cls: type[T], saved: Optional[Mapping[str, Any]], overrides: Optional[Mapping[str, Any]] = None) -> T:
-    """`cls` from a saved dict (unknown keys dropped), with `overrides` on top; type-checked by OmegaConf."""
-    known = {f.name for f in fields(cls)}
-    base = {k: v for k, v in dict(saved or {}).items() if k in known}
-    unknown = [k for k in (overrides or {}) if k not in known]
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: no field(s) {unknown}; known: {sorted(known)}.")
-    merged = OmegaConf.merge(OmegaConf.structured(cls), base, dict(overrides or {}))
-    return to_objects(merged, cls)
 
 
 @dataclass
