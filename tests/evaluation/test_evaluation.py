@@ -32,7 +32,7 @@ def bridge():
 
 @pytest.fixture(scope="module")
 def tokens(bridge):
-    return heldout_tokens(bridge, DATA, 96, bos_token_id(bridge))
+    return heldout_tokens(bridge.tokenizer, DATA, 96, bos_token_id(bridge))
 
 
 def perfect_sae(d: int) -> SparseAutoencoder:
