@@ -126,7 +126,7 @@ def test_catalogue_covers_every_group():
         "trainer.density_window_steps",
         "trainer.devices",
     } <= set(TRAIN_CASES)
-    assert {"metrics.ce_batch_size", "interp.batch_size", "explainer.sim_batch_size"} <= set(OTHER_CASES)
+    assert {"metrics.ce_batch_size", "interp.batch_size", "explainer.sim_batch_size"} <= {c.values[1] for c in OTHER_CASES}
     assert "seed" in EVAL_CASES
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from support.runs import STREAMED, TINY, assert_same_run, kill_script_when, read_json, run_script
 
-from sae.activations.lockstep import run_in_lockstep
+from sae.activations.lockstep import MembersFailed, run_in_lockstep
 
 
 class CountingSource:
@@ -63,9 +63,41 @@ def test_a_failing_member_leaves_and_the_others_finish():
                 raise RuntimeError("member 1 failed")
         finished.append(i)
 
-    with pytest.raises(RuntimeError, match="member 1 failed"):
+    with pytest.raises(MembersFailed, match="member 1 failed") as failed:
         run_in_lockstep(3, work)
+    assert [i for i, _ in failed.value.failures] == [1]
     assert sorted(finished) == [0, 2] and made == list(range(total))
+
+
+def test_every_failing_member_is_reported():
+    total, made = 6, []
+
+    def work(i, batches):
+        batches.register(0, total, lambda: CountingSource(0, total, made))
+        for batch in batches:
+            if i != 1 and int(batch) == 2 + i:
+                raise ValueError(f"member {i} broke at batch {int(batch)}")
+        return i
+
+    with pytest.raises(MembersFailed) as failed:
+        run_in_lockstep(3, work)
+    assert [(i, str(e)) for i, e in failed.value.failures] == [(0, "member 0 broke at batch 2"), (2, "member 2 broke at batch 4")]
+    assert made == list(range(total))  # member 1 went on to the end
+
+
+def test_a_member_that_fails_after_registering_does_not_set_where_the_stream_starts():
+    """Member 0 would start at 0, but fails before its first batch: the stream starts where the others do."""
+    total, made, starts = 10, [], [0, 4, 6]
+
+    def work(i, batches):
+        batches.register(starts[i], total, lambda: CountingSource(starts[i], total, made))
+        if i == 0:
+            raise RuntimeError("member 0 failed in its set-up")
+        return [int(b) for b in batches]
+
+    with pytest.raises(MembersFailed, match="member 0 failed"):
+        run_in_lockstep(3, work)
+    assert made == list(range(4, total))  # no batch made for nobody
 
 
 # Two learning rates of the streamed resume test's run: resampling fires, a checkpoint every 10 of 30 steps.
