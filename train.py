@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import build_callbacks
@@ -29,7 +31,7 @@ from sae.activations.lockstep import MemberBatches, MembersFailed, run_in_lockst
 from sae.core.checks import output_dir_problem, to_objects
 from sae.core.errors import ConfigError
 from sae.core.files import require_free_space
-from sae.core.locks import exclusive_dir, exclusive_dirs
+from sae.core.locks import exclusive_dirs
 from sae.core.tracking import build_logger, finish
 from sae.formats.native import save_sae
 from sae.lm.bridge import lazy_bridge
@@ -107,6 +109,11 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     return summary
 
 
+def run_locks(run_dirs: list[Path]):
+    """One job per run directory: its lock, held until the job ends (by the first process of a multi-process job)."""
+    return exclusive_dirs(run_dirs, "this run") if rank_zero_only.rank == 0 else nullcontext()
+
+
 def train_group(group_dir: Path) -> list[dict]:
     """The runs of one group of a grouped sweep (sae/sweeps/grouping.py), side by side on shared batches."""
     runs = []
@@ -115,7 +122,7 @@ def train_group(group_dir: Path) -> list[dict]:
         objects = to_objects(cfg, TrainConfig)
         objects.trainer.progress_bar = False  # one bar per run would interleave
         runs.append((objects, run_dir, OmegaConf.to_container(cfg, resolve=True)))
-    with exclusive_dirs([r[1] for r in runs], "this run"):
+    with run_locks([r[1] for r in runs]):
         for objects, run_dir, resolved in runs:  # every run's config problem before any training
             start_up_checks(objects, run_dir, resolved)
         print(f"grouped sweep: {len(runs)} runs on one activation stream: " + ", ".join(r[1].name for r in runs))
@@ -141,7 +148,7 @@ def main(cfg: DictConfig) -> dict | list[dict] | None:
         if OmegaConf.select(cfg, "sweep.group"):
             return train_group(run_dir)
         objects = to_objects(cfg, TrainConfig)
-        with exclusive_dir(run_dir, "this run"):
+        with run_locks([run_dir]):
             return train(objects, run_dir, OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

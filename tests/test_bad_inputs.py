@@ -17,6 +17,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from support.disks import small_filesystem
+from support.locks import lock_held_elsewhere
 from support.runs import REPO, TINY, run_script, script_env, train_tiny
 
 from sae.core.checks import to_objects
@@ -329,6 +331,25 @@ def test_export_overwrite_of_the_run_directory_is_refused(tmp_path, saved_sae):
     (tmp_path / "out_file").write_text("x")
     proc = _module("sae.export", [str(run), str(tmp_path / "out_file"), "--format", "saelens", "--no-sparsity"])
     _assert_clean_failure(proc, "out_file", "is a file")
+
+
+@pytest.mark.slow
+def test_run_directory_without_room_for_its_checkpoints_is_refused(tmp_path, activation_cache_dir):
+    """A run directory on a 3 MB filesystem: the checkpoints (weights and Adam, over 20 MB) cannot fit: refused up front."""
+    with small_filesystem(tmp_path / "disk") as disk:
+        proc = train_tiny(disk / "run", activation_cache_dir, check=False)
+        _assert_clean_failure(proc, "checkpoints", "MB needed", "MB free", "hydra.run.dir")
+        assert not (disk / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_evaluation_directory_in_use_is_refused_naming_the_holder(tmp_path, saved_sae):
+    """Two evaluations writing one eval directory: the second stops at once, naming the first."""
+    run = _copy_sae(saved_sae, tmp_path / "run")
+    with lock_held_elsewhere(run / "eval") as pid:
+        proc = run_script("evaluate.py", [f"sae_path={run}"], check=False, timeout=300)
+    _assert_clean_failure(proc, str(run / "eval"), f"PID {pid}", "in use")
+    assert not (run / "eval" / "parts").exists()
 
 
 def _module(name: str, args: list[str]):

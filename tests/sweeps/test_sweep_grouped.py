@@ -5,14 +5,13 @@ runs trained one by one (bitwise), also after the grouped job is killed and run 
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
-from support.runs import REPO, STREAMED, TINY, assert_same_run, kill_script_when, read_json, run_script, script_env
+from support.locks import lock_held_elsewhere
+from support.runs import STREAMED, TINY, assert_same_run, kill_script_when, read_json, run_script
 
 from sae.activations.lockstep import MembersFailed, run_in_lockstep
 
@@ -162,24 +161,7 @@ def test_grouping_follows_what_decides_the_batches(tmp_path, activation_cache_di
 
     # The group job takes each of its runs' locks: a run held by another process stops the group at once, naming it.
     held = _runs(sweep)[0]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(held)], cwd=REPO, env=script_env(), stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(held) as pid:
         proc = run_script("train.py", [*args, *grid], activation_cache_dir, check=False)
-    finally:
-        holder.kill()
-        holder.wait()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert any(f"PID {holder.pid}" in line and str(held) in line for line in proc.stderr.splitlines()), proc.stderr
-
-
-# Another process that holds a run directory's lock until it is killed.
-HOLD_LOCK = """
-import sys, time
-from sae.core.locks import exclusive_dir
-with exclusive_dir(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(600)
-"""
+    assert any(f"PID {pid}" in line and str(held) in line for line in proc.stderr.splitlines()), proc.stderr
