@@ -5,7 +5,8 @@
     python train.py --multirun +sweep=smoke          # a sweep (see sweeps/)
 
 Running the same command again resumes an interrupted run from its last.ckpt, and skips a
-finished one. The run directory gets `sae/` (sae.safetensors + cfg.json), `checkpoints/`,
+finished one. One job writes a run directory at a time: a second one stops at once, naming the
+first (sae/core/locks.py). The run directory gets `sae/` (sae.safetensors + cfg.json), `checkpoints/`,
 `plots/`, `summary.json` and the W&B run.
 """
 

@@ -2,6 +2,8 @@
 
 A run directory is claimed by the training identity of its config (sae/training/identity.py); it holds
 `sae/` (weights + cfg.json), `checkpoints/last.ckpt` while unfinished, and `summary.json` when done.
+`trainer.resume=false` starts a run over once (run_config.json records when); the same command again
+resumes that fresh run, so a Slurm requeue of a run longer than the time limit still ends.
 """
 
 from __future__ import annotations
