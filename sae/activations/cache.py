@@ -3,7 +3,9 @@
 The cache is a directory of memory-mapped `.npy` shards plus `meta.json`, keyed by everything
 that determines its contents. It is built in a temporary directory and renamed into place
 when complete, under a file lock: concurrent sweep jobs harvest once and never read a
-half-written cache.
+half-written cache. Its size (tokens x hook width x bytes) is known before the harvest and compared
+with the free space of `activations.cache_dir`; a disk that fills up anyway stops the harvest with
+one line, and the temporary directory goes with it, so the next run with space starts clean.
 """
 
 from __future__ import annotations
