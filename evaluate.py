@@ -25,13 +25,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sae.core.checks import to_objects
+from sae.core.checks import output_dir_problem, to_objects
 from sae.core.errors import ConfigError, SAEFileError
 from sae.core.files import atomic_write_json
+from sae.core.locks import exclusive_dir
 from sae.core.tracking import LoggerConfig, build_logger, finish, log_results, numbers_only
 from sae.dashboard.config import register_dashboard_configs
 from sae.dashboard.stages import run_stage
-from sae.evaluation.config import EvaluateConfig, register_eval_configs
+from sae.evaluation.config import EvaluateConfig, default_eval_dir, register_eval_configs
 from sae.evaluation.metrics_stage import compute_metrics
 from sae.formats.interop import FOREIGN, check_matches
 from sae.formats.native import find_sae_dir, load_sae
@@ -133,8 +134,10 @@ def evaluate(cfg: EvaluateConfig, eval_dir: Path) -> dict:
     if sae_cfg.get("format") in FOREIGN:  # another library's SAE: it must be run on the model and hook it was trained on
         check_matches(sae_cfg, run.model.name, hook_name(run.model))
     job = Job(cfg, sae_dir, eval_dir, sae, sae_cfg, run)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    return {name: STAGES[name].run(job) for name in names}
+    if names == ("serve",):  # reads what the other stages wrote
+        return {"serve": STAGES["serve"].run(job)}
+    with exclusive_dir(eval_dir, "this evaluation"):
+        return {name: STAGES[name].run(job) for name in names}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -196,9 +199,16 @@ def sae_path_problem(args: list[str]) -> str | None:
     return None
 
 
+def eval_dir_problem(args: list[str]) -> str | None:
+    """An evaluation directory (hydra.run.dir, by default <run>/eval) that cannot be created."""
+    values = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("sae_path=")]
+    default = default_eval_dir(values[-1]) if values and "${" not in values[-1] else None
+    return output_dir_problem(args, {"hydra.run.dir": default} if default else {})
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    problem = sae_path_problem(sys.argv[1:])
+    problem = sae_path_problem(sys.argv[1:]) or eval_dir_problem(sys.argv[1:])
     if problem:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(2)

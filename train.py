@@ -5,7 +5,8 @@
     python train.py --multirun +sweep=smoke          # a sweep (see sweeps/)
 
 Running the same command again resumes an interrupted run from its last.ckpt, and skips a
-finished one. The run directory gets `sae/` (sae.safetensors + cfg.json), `checkpoints/`,
+finished one. One job writes a run directory at a time: a second one stops at once, naming the
+first (sae/core/locks.py). The run directory gets `sae/` (sae.safetensors + cfg.json), `checkpoints/`,
 `plots/`, `summary.json` and the W&B run.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -20,20 +23,23 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import build_callbacks
 from sae.activations.datamodule import ActivationDataModule
-from sae.activations.lockstep import MemberBatches, run_in_lockstep
-from sae.core.checks import to_objects
+from sae.activations.lockstep import MemberBatches, MembersFailed, run_in_lockstep
+from sae.core.checks import output_dir_problem, to_objects
 from sae.core.errors import ConfigError
+from sae.core.files import require_free_space
+from sae.core.locks import exclusive_dirs
 from sae.core.tracking import build_logger, finish
 from sae.formats.native import save_sae
 from sae.lm.bridge import lazy_bridge
 from sae.sweeps.grouping import load_members
 from sae.training.config import TrainConfig, register_configs
 from sae.training.module import SAETrainingModule
-from sae.training.run import finished_summary, initial_sae, provenance, start_up_checks, write_summary
+from sae.training.run import checkpoint_bytes, finished_summary, initial_sae, provenance, start_up_checks, write_summary
 
 register_configs()
 
@@ -56,6 +62,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep.shared if lockstep else None)
     sae = initial_sae(cfg.sae, datamodule.init_sample())
     module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
+    require_free_space(run_dir, checkpoint_bytes(sae), "the checkpoints and the trained SAE", "hydra.run.dir")
 
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
     # Under Slurm, requeueing is submitit's job (hydra/launcher=slurm); Lightning's own would be a second one.
@@ -103,6 +110,11 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     return summary
 
 
+def run_locks(run_dirs: list[Path]):
+    """One job per run directory: its lock, held until the job ends (by the first process of a multi-process job)."""
+    return exclusive_dirs(run_dirs, "this run") if rank_zero_only.rank == 0 else nullcontext()
+
+
 def train_group(group_dir: Path) -> list[dict]:
     """The runs of one group of a grouped sweep (sae/sweeps/grouping.py), side by side on shared batches."""
     runs = []
@@ -111,11 +123,21 @@ def train_group(group_dir: Path) -> list[dict]:
         objects = to_objects(cfg, TrainConfig)
         objects.trainer.progress_bar = False  # one bar per run would interleave
         runs.append((objects, run_dir, OmegaConf.to_container(cfg, resolve=True)))
-    for objects, run_dir, resolved in runs:  # every run's config problem before any training
-        start_up_checks(objects, run_dir, resolved)
-    print(f"grouped sweep: {len(runs)} runs on one activation stream: " + ", ".join(r[1].name for r in runs))
-    bridge = lazy_bridge(runs[0][0].model)
-    summaries, made = run_in_lockstep(len(runs), lambda i, batches: train(*runs[i], bridge=bridge, lockstep=batches))
+    with run_locks([r[1] for r in runs]):
+        for objects, run_dir, resolved in runs:  # every run's config problem before any training
+            start_up_checks(objects, run_dir, resolved)
+        print(f"grouped sweep: {len(runs)} runs on one activation stream: " + ", ".join(r[1].name for r in runs))
+        bridge = lazy_bridge(runs[0][0].model)
+        work = lambda i, batches: train(*runs[i], bridge=bridge, lockstep=batches)  # noqa: E731
+        try:
+            summaries, made = run_in_lockstep(len(runs), work)
+        except MembersFailed as failed:
+            for _, exc in failed.failures:
+                if not isinstance(exc, ConfigError):  # a defect: its traceback, then the one-line summary below
+                    traceback.print_exception(exc)
+            for i, exc in failed.failures:
+                print(f"grouped sweep: run {runs[i][1]} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(2 if all(isinstance(exc, ConfigError) for _, exc in failed.failures) else 1)
     print(f"grouped sweep: {made} batches made for {len(runs)} runs")
     return summaries
 
@@ -127,7 +149,8 @@ def main(cfg: DictConfig) -> dict | list[dict] | None:
         if OmegaConf.select(cfg, "sweep.group"):
             return train_group(run_dir)
         objects = to_objects(cfg, TrainConfig)
-        return train(objects, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        with run_locks([run_dir]):
+            return train(objects, run_dir, OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -135,4 +158,9 @@ def main(cfg: DictConfig) -> dict | list[dict] | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    dirs = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "conf" / "train.yaml").hydra, resolve=False)
+    problem = output_dir_problem(sys.argv[1:], {"hydra.run.dir": dirs["run"]["dir"], "hydra.sweep.dir": dirs["sweep"]["dir"]})
+    if problem:
+        print(f"config error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -17,6 +17,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from support.disks import small_filesystem
+from support.locks import lock_held_elsewhere
 from support.runs import REPO, TINY, run_script, script_env, train_tiny
 
 from sae.core.checks import to_objects
@@ -126,7 +128,7 @@ def test_catalogue_covers_every_group():
         "trainer.density_window_steps",
         "trainer.devices",
     } <= set(TRAIN_CASES)
-    assert {"metrics.ce_batch_size", "interp.batch_size", "explainer.sim_batch_size"} <= set(OTHER_CASES)
+    assert {"metrics.ce_batch_size", "interp.batch_size", "explainer.sim_batch_size"} <= {c.values[1] for c in OTHER_CASES}
     assert "seed" in EVAL_CASES
 
 
@@ -185,12 +187,87 @@ def test_evaluate_top_level_numeric_field(key):
         _expect_named_error(lambda: EvaluateConfig(sae_path="x", **{key: value}), key, value)
 
 
+# ---------------------------------------------------------------- inf and nan, every float setting
+
+
+def _is_float(tp) -> bool:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return tp is float or (typing.get_origin(tp) in (typing.Union, list) and args == [float])
+
+
+def float_fields(cls, prefix: str) -> list[str]:
+    """Dotted keys of every float (optional, or list of floats) field of `cls` and its nested dataclasses."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += float_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif _is_float(hints[f.name]):
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _architecture_float_cases() -> list[str]:
+    from sae.architectures import ARCHITECTURES
+
+    return sorted({key for cls in ARCHITECTURES.values() for key in float_fields(cls.Settings, "sae.settings.")})
+
+
+TRAIN_FLOATS = [key for group, cls in TRAIN_GROUPS for key in float_fields(cls, f"{group}.")] + _architecture_float_cases()
+
+
+def _evaluate_float_cases() -> list[tuple[str, str]]:
+    from sae.dashboard.config import DashboardConfig
+
+    groups = [("metrics", MetricsConfig, None), ("interp", InterpConfig, None), ("dashboard", DashboardConfig, None)]
+    groups += [("explainer", cls, kind) for kind, (cls, _) in BACKENDS.items()]
+    return [(key, kind) for name, cls, kind in groups for key in float_fields(cls, f"{name}.")]
+
+
+EVALUATE_FLOATS = _evaluate_float_cases()
+
+
+def _value_for(key: str, value: float):
+    return [0.9, value] if key == "sae.betas" else value
+
+
+def test_the_float_catalogue_covers_every_group():
+    assert {"sae.lr", "sae.l1_coefficient", "sae.betas", "sae.resample.encoder_scale"} <= set(TRAIN_FLOATS)
+    assert any(k.startswith("sae.settings.") for k in TRAIN_FLOATS)
+    assert {"dashboard.steering_multiple", "explainer.temperature"} <= {k for k, _ in EVALUATE_FLOATS}
+
+
+@pytest.mark.parametrize("key", TRAIN_FLOATS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_train_float_setting_rejects_inf_and_nan(train_cfg, key, value):
+    cfg = train_cfg.copy()
+    OmegaConf.update(cfg, key, _value_for(key, value), merge=False, force_add=True)
+    _expect_named_error(lambda: to_objects(cfg, TrainConfig), key, value)
+
+
+@pytest.mark.parametrize("key, backend", EVALUATE_FLOATS)
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_evaluate_float_setting_rejects_inf_and_nan(key, backend, value):
+    from sae.dashboard.config import register_dashboard_configs
+    from sae.evaluation.config import register_eval_configs
+    from sae.interp.backends import register_explainer_configs
+    from sae.interp.config import register_interp_configs
+
+    for register in (register_eval_configs, register_interp_configs, register_explainer_configs, register_dashboard_configs):
+        register()
+    GlobalHydra.instance().clear()
+    overrides = ["sae_path=x", f"{key}={value}", *([f"explainer={backend}"] if backend else [])]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=overrides)
+    _expect_named_error(lambda: to_objects(cfg, EvaluateConfig), key, value)
+
+
 # ---------------------------------------------------------------- as a user would: subprocesses
 
 
 def _assert_clean_failure(proc, *words: str) -> None:
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, f"exit 0:\n{out[-3000:]}"
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{out[-3000:]}"
     assert "Traceback" not in out, out[-3000:]
     lines = [line for line in proc.stderr.splitlines() if all(w in line for w in words)]
     assert lines, f"no line names {words}:\n{proc.stderr[-3000:]}"
@@ -207,12 +284,81 @@ def _assert_clean_failure(proc, *words: str) -> None:
         ("trainer.devices=2", ["trainer.devices=2", "trainer.devices=1"]),
         ("model.hook=hook_nonsense", ["model.hook", "hook_nonsense", "Valid hooks"]),
         ("data.context_length=1000000", ["data.context_length=1000000", "maximum context"]),
+        ("sae.l1_coefficient=inf", ["sae.l1_coefficient=inf", "finite"]),  # the run name is made from it first
+        ("sae.lr=nan", ["sae.lr=nan", "finite"]),
+        ("sae.resample.encoder_scale=inf", ["sae.resample.encoder_scale=inf", "finite"]),
     ],
 )
 def test_train_rejects(tmp_path, activation_cache_dir, override, words):
     proc = train_tiny(tmp_path / "run", activation_cache_dir, override, check=False)
     _assert_clean_failure(proc, *words)
     assert not (tmp_path / "run" / "sae").exists()
+
+
+@pytest.mark.slow
+def test_paths_that_cannot_be_directories_are_named(tmp_path, activation_cache_dir, saved_sae):
+    """A regular file where a directory must go: the run, sweep, cache and evaluation directories, and export's OUT."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    cases = [
+        ("train.py", [*TINY, f"hydra.run.dir={blocker}/run"], "hydra.run.dir"),
+        ("train.py", [*TINY, "--multirun", f"hydra.sweep.dir={blocker}/sweep", "sae.lr=1e-3"], "hydra.sweep.dir"),
+        ("train.py", [*TINY, f"hydra.run.dir={tmp_path}/run", f"activations.cache_dir={blocker}/cache"], "activations.cache_dir"),
+    ]
+    for script, args, key in cases:
+        proc = run_script(script, args, check=False, timeout=300)
+        _assert_clean_failure(proc, key, str(blocker), "not a directory")
+    run = _copy_sae(saved_sae, tmp_path / "evaluated")
+    (run / "eval").write_text("a file where the evaluation directory goes")
+    proc = run_script("evaluate.py", [f"sae_path={run}"], check=False, timeout=300)
+    _assert_clean_failure(proc, "hydra.run.dir", str(run / "eval"), "not a directory")
+    proc = run_script("evaluate.py", [f"sae_path={run}", f"hydra.run.dir={blocker}/eval"], check=False, timeout=300)
+    _assert_clean_failure(proc, "hydra.run.dir", str(blocker), "not a directory")
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.slow
+def test_export_overwrite_of_the_run_directory_is_refused(tmp_path, saved_sae):
+    """`python -m sae.export RUN RUN --overwrite` deleted the run; and an OUT that is a file gave a traceback."""
+    run = _copy_sae(saved_sae, tmp_path / "run")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out in (run, tmp_path):
+        proc = _module("sae.export", [str(run), str(out), "--format", "saelens", "--no-sparsity", "--overwrite"])
+        _assert_clean_failure(proc, f"OUT={out}")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    (tmp_path / "out_file").write_text("x")
+    proc = _module("sae.export", [str(run), str(tmp_path / "out_file"), "--format", "saelens", "--no-sparsity"])
+    _assert_clean_failure(proc, "out_file", "is a file")
+
+
+@pytest.mark.slow
+def test_run_directory_without_room_for_its_checkpoints_is_refused(tmp_path, activation_cache_dir):
+    """A run directory on a 3 MB filesystem: the checkpoints (weights and Adam, over 20 MB) cannot fit: refused up front."""
+    with small_filesystem(tmp_path / "disk") as disk:
+        proc = train_tiny(disk / "run", activation_cache_dir, check=False)
+        _assert_clean_failure(proc, "checkpoints", "MB needed", "MB free", "hydra.run.dir")
+        assert not (disk / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_evaluation_directory_in_use_is_refused_naming_the_holder(tmp_path, saved_sae):
+    """Two evaluations writing one eval directory: the second stops at once, naming the first."""
+    run = _copy_sae(saved_sae, tmp_path / "run")
+    with lock_held_elsewhere(run / "eval") as pid:
+        proc = run_script("evaluate.py", [f"sae_path={run}"], check=False, timeout=300)
+    _assert_clean_failure(proc, str(run / "eval"), f"PID {pid}", "in use")
+    assert not (run / "eval" / "parts").exists()
+
+
+def _module(name: str, args: list[str]):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", name, *args], cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow

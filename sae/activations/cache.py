@@ -3,7 +3,9 @@
 The cache is a directory of memory-mapped `.npy` shards plus `meta.json`, keyed by everything
 that determines its contents. It is built in a temporary directory and renamed into place
 when complete, under a file lock: concurrent sweep jobs harvest once and never read a
-half-written cache.
+half-written cache. Its size (tokens x hook width x bytes) is known before the harvest and compared
+with the free space of `activations.cache_dir`; a disk that fills up anyway stops the harvest with
+one line, and the temporary directory goes with it, so the next run with space starts clean.
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from tqdm.auto import tqdm
 
 from sae.activations.config import ActivationsConfig
 from sae.activations.harvest import ShuffleBuffer, harvest
-from sae.lm.bridge import hook_name
+from sae.core.errors import NoSpaceError
+from sae.core.files import human_bytes, is_disk_full, require_free_space
+from sae.lm.bridge import hook_name, hook_width
 from sae.lm.config import ModelConfig
 from sae.text.sources import DataConfig
+
+# What moves the cache to another disk, shrinks it, or does without it.
+SPACE_SETTINGS = "activations.cache_dir (another disk), activations.n_tokens (fewer tokens) or activations.cache=false (stream)"
 
 
 def cache_key(model_cfg: ModelConfig, data_cfg: DataConfig, act_cfg: ActivationsConfig) -> str:
@@ -97,10 +104,20 @@ def build_cache(
             return ActivationCache(final)
         for stale in root.glob(final.name + ".tmp-*"):  # left by a harvest that was killed; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
+        bridge = bridge_factory()
+        needed = act_cfg.n_tokens * hook_width(bridge, model_cfg) * np.dtype(act_cfg.dtype).itemsize
+        require_free_space(root, needed, f"the activation cache ({act_cfg.n_tokens:,} tokens)", SPACE_SETTINGS)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=final.name + ".tmp-"))
         try:
-            _write_shards(bridge_factory(), model_cfg, data_cfg, act_cfg, tmp, seed)
+            _write_shards(bridge, model_cfg, data_cfg, act_cfg, tmp, seed)
             tmp.rename(final)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise NoSpaceError(
+                f"the disk of {root} filled up while the activation cache was written ({exc}); the partial cache is "
+                f"removed. Free some space (it needs {human_bytes(needed)}) or change {SPACE_SETTINGS}."
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return ActivationCache(final)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sae.core.checks import require
+from sae.core.checks import require, require_directory_path
 
 
 @dataclass
@@ -28,3 +28,4 @@ class ActivationsConfig:
             f"activations.harvest_batch_size={self.harvest_batch_size} must be > 0 (contexts per forward).",
         )
         require(self.dtype in ("float16", "float32"), f"activations.dtype={self.dtype!r}: use float16 or float32.")
+        require_directory_path(self.cache_dir, "activations.cache_dir")

@@ -39,6 +39,7 @@ class Lockstep:
         finally:
             with self._cond:
                 del self._waiting_for[index]
+                self._starts.pop(index, None)  # the shared stream starts where the members still there start
                 self._running = None
                 self._drop_consumed()
                 self._cond.notify_all()
@@ -111,10 +112,18 @@ class MemberBatches:
         return self._lockstep._source.position(step)
 
 
+class MembersFailed(Exception):
+    """Some members failed (the others finished): every failure, as (member index, exception)."""
+
+    def __init__(self, failures: list[tuple[int, BaseException]]):
+        self.failures = failures
+        super().__init__("; ".join(f"member {i}: {type(e).__name__}: {e}" for i, e in failures))
+
+
 def run_in_lockstep(n_members: int, work: Callable[[int, MemberBatches], Any]) -> tuple[list[Any], int]:
     """`work(i, batches)` for every member, each in its own thread, taking turns: (results in order, batches made).
 
-    A failing member leaves the group and the others go on; the first failure is raised at the end.
+    A failing member leaves the group and the others go on; at the end, MembersFailed lists every failure.
     """
     lockstep = Lockstep(n_members)
     results: list[Any] = [None] * n_members
@@ -133,7 +142,7 @@ def run_in_lockstep(n_members: int, work: Callable[[int, MemberBatches], Any]) -
         thread.start()
     for thread in threads:
         thread.join()
-    failed = [e for e in errors if e is not None]
+    failed = [(i, e) for i, e in enumerate(errors) if e is not None]
     if failed:
-        raise failed[0]
+        raise MembersFailed(failed)
     return results, lockstep.batches_made

@@ -12,3 +12,7 @@ class ConfigError(ValueError):
 
 class SAEFileError(ValueError):
     """A saved SAE that cannot be loaded; the message names the file and what to do."""
+
+
+class NoSpaceError(ConfigError):
+    """Too little free disk for a write; the message gives both numbers and the setting that moves or shrinks it."""

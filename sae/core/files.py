@@ -7,14 +7,18 @@ number (e.g. a correlation over a constant series) is written as null.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sae.core.errors import NoSpaceError
 
 
 @contextmanager
@@ -54,3 +58,35 @@ def finite_or_none(value: Any) -> Any:
 def atomic_write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
     """Strict JSON (non-finite numbers as null), written atomically."""
     return atomic_write_text(path, json.dumps(finite_or_none(value), indent=indent, allow_nan=False, default=str))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def existing_parent(path: str | Path) -> Path:
+    """`path` itself or its nearest ancestor that exists (where a new file under `path` would land)."""
+    path = Path(path).expanduser().absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def require_free_space(path: str | Path, needed: int, what: str, setting: str) -> None:
+    """Refuse, before writing, when the filesystem of `path` has less than `needed` bytes free."""
+    free = shutil.disk_usage(existing_parent(path)).free
+    if needed > free:
+        raise NoSpaceError(
+            f"{what}: {human_bytes(needed)} needed, {human_bytes(free)} free on {existing_parent(path)}; "
+            f"free some space or change {setting}."
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a write that ran out of space (numpy's short write carries no errno, only its counts)."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "requested and" in str(exc))

@@ -8,8 +8,10 @@ and the per-token activations of each unit's top contexts and of contexts drawn 
 of its activation. Neurons (`units=neurons`) are the hook's own coordinates, read the same way.
 
 Resumable in parts: the held-out pass, each part of `part_units` units, and each part's ablations
-are separate files; a rerun with the same settings computes only what is missing, and any change of
-settings (or of the SAE's weights, which name the folder) starts afresh.
+are separate files; a rerun with the same settings computes only the missing parts (the per-unit
+statistics of the index are one encode pass over all units; a part's records, histograms and logits
+are made for its own units only), and any change of settings (or of the SAE's weights, which name the
+folder) starts afresh.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from sae.dashboard.units import UnitSpace
 from sae.interp.config import InterpConfig
 from sae.interp.records import harvest
 
-FORMAT = 1
+FORMAT = 2  # 2: each unit of a part keeps its top tokens, so a part is computed alone
 # Settings that change the stored data (the server-only and blind settings do not).
 DATA_SETTINGS = (
     "n_contexts",
@@ -210,16 +212,22 @@ def build_units(
     store: DashboardStore,
     logits_fn: Optional[Callable[[list[int]], list[dict]]],
 ) -> dict:
-    """All parts of one unit kind (skipped when stored) and its index; returns the index."""
+    """The parts of one unit kind that are not stored yet, and its index; returns the index.
+
+    Statistics need every unit (one cheap encode pass); records, histograms' rows and logits are made only
+    for the units of the missing parts, and the stored parts are left as they are."""
     kind = space.kind
     n_parts = -(-space.n_units // cfg.part_units)
     index_path = store.path(kind, "index.json")
-    if index_path.exists() and all(store.path(kind, f"part_{p:04d}.json").exists() for p in range(n_parts)):
+    missing = [p for p in range(n_parts) if not store.path(kind, f"part_{p:04d}.json").exists()]
+    if not missing and index_path.exists():
         return json.loads(index_path.read_text())
-    print(f"[dashboard] {kind}: statistics over {token_ids.numel():,} held-out tokens ...")
+    print(f"[dashboard] {kind}: statistics over {token_ids.numel():,} held-out tokens; {len(missing)} of {n_parts} parts to make")
     s = first_pass(space, token_ids, acts, bos_id, cfg)
     maxima = s["ctx_max"].max(dim=0).values
     chosen = choose_contexts(s["ctx_max"], cfg)
+    todo = {u for p in missing for u in range(p * cfg.part_units, min((p + 1) * cfg.part_units, space.n_units))}
+    chosen = [picks if u in todo else [] for u, picks in enumerate(chosen)]  # records only for the missing parts
     hist, rows = second_pass(space, token_ids, acts, bos_id, cfg, maxima, chosen)
     ids = token_ids.numpy()
     L = min(cfg.display_tokens, ids.shape[1])
@@ -231,9 +239,14 @@ def build_units(
     mean_act = (s["total"] / s["fires"].clamp_min(1).double()).tolist()
     fired_ctx = (s["ctx_max"] > 0).sum(dim=0).tolist()
     hist_rows = hist.tolist()
-    top_tokens, r = [], 0
+    top_tokens: list[list[int]] = []
+    r = 0
     for p in range(n_parts):
         units = list(range(p * cfg.part_units, min((p + 1) * cfg.part_units, space.n_units)))
+        if p not in missing:
+            top_tokens += [unit.get("top_tokens", []) for unit in load_part(store.root, kind, p)]
+            continue
+        print(f"[dashboard] {kind}: part {p} (units {units[0]}..{units[-1]})")
         logits = logits_fn(units) if logits_fn else [None] * len(units)
         out = []
         for u, lw in zip(units, logits, strict=False):
@@ -264,6 +277,7 @@ def build_units(
                     "histogram": hist_rows[u],
                     "records": records,
                     "logits": lw,
+                    "top_tokens": top_tokens[-1],
                 }
             )
         write_json(store.path(kind, f"part_{p:04d}.json"), out)

@@ -58,9 +58,21 @@ class PartStore:
         return result
 
 
-def zero_ablated_path(cache_dir: str | Path, model_cfg: ModelConfig, device: str) -> Path:
-    """One file per model, dtype, hook and device kind; its entries are keyed by the token batch itself."""
-    identity = [model_cfg.name, model_cfg.dtype, hook_name(model_cfg), torch.device(device).type]
+def model_weights_digest(model) -> str:
+    """A hash of the language model's parameters (once per evaluation, not per batch): a local model directory
+    whose weights change gets new zero-ablated losses, never the stale ones of its old weights."""
+    digest = hashlib.sha256()
+    for name, param in model.state_dict().items():
+        data = param.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def zero_ablated_path(cache_dir: str | Path, model_cfg: ModelConfig, model) -> Path:
+    """One file per model weights, dtype, hook and device kind; its entries are keyed by the token batch itself."""
+    device = model.cfg.device
+    identity = [model_cfg.name, model_weights_digest(model), model_cfg.dtype, hook_name(model_cfg), torch.device(device).type]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     return Path(cache_dir) / "zero_ablated" / f"{digest}.json"
 
@@ -109,7 +121,7 @@ def compute_metrics(
         model = bridge()
         bos = bos_token_id(model)
         tokens = heldout_tokens(model.tokenizer, data_cfg, m.ce_tokens, bos)
-        memo_path = zero_ablated_path(act_cfg.cache_dir, model_cfg, model.cfg.device)
+        memo_path = zero_ablated_path(act_cfg.cache_dir, model_cfg, model)
         zero_ablated = load_zero_ablated(memo_path)
         known = set(zero_ablated)
         reconstruct = sae_reconstruction(sae)

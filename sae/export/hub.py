@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sae.core.errors import ConfigError
+from sae.export.write import MARKER
 
 
 def push_to_hub(folder: Path, repo_id: str, path_in_repo: str | None = None, private: bool = False):
@@ -21,4 +22,5 @@ def push_to_hub(folder: Path, repo_id: str, path_in_repo: str | None = None, pri
         repo_type="model",
         path_in_repo=path_in_repo,
         commit_message=f"Add SAE {path_in_repo or ''}".strip(),
+        ignore_patterns=[MARKER],  # the export's own bookkeeping, not part of the SAE
     )

@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from sae.activations.cache import ActivationCache, build_cache
-from sae.core.errors import ConfigError
+from sae.core.checks import require_directory_path
+from sae.core.errors import ConfigError, NoSpaceError
+from sae.core.files import is_disk_full, require_free_space
 from sae.evaluation.measures import log10_density
 from sae.evaluation.stats import activation_stats
 from sae.formats.interop import CONFIG, SAELENS, SPARSIFY, SPARSITY, WEIGHTS, to_saelens, to_sparsify
@@ -25,6 +27,9 @@ from sae.formats.run_config import run_configs
 from sae.lm.bridge import lazy_bridge
 
 WRITERS = {SAELENS: to_saelens, SPARSIFY: to_sparsify}
+# Written into every export: `--overwrite` replaces only a folder that holds it (and nothing but the export's files).
+MARKER = ".sae-export.json"
+EXPORT_FILES = {MARKER, CONFIG, SPARSITY, *WEIGHTS.values()}
 
 
 def density_from_evaluation(sae_dir: Path) -> tuple[torch.Tensor, int] | None:
@@ -71,22 +76,58 @@ def log_feature_density(sae, cfg: dict, sae_dir: Path, n_tokens: int) -> tuple[t
     return log10_density(counts, tokens).float(), source
 
 
-def write_export(out: Path, cfg_dict: dict, tensors: dict, sparsity: torch.Tensor | None, fmt: str, overwrite: bool) -> Path:
+def check_out(out: Path, sae_dir: Path, overwrite: bool) -> None:
+    """OUT may be new, empty, or (with --overwrite) a previous export holding only the export's own files:
+    an export never deletes what it did not write."""
+    require_directory_path(out, "OUT")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUT={out} is a file: choose a folder path for OUT.")
+    source = sae_dir.resolve()
+    if out.resolve() == source or out.resolve() in source.parents:
+        raise ConfigError(f"OUT={out} holds the SAE being exported ({sae_dir}): choose a folder outside it for OUT.")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        raise ConfigError(
+            f"OUT={out} holds files that no export wrote: choose another OUT (--overwrite replaces only a previous export)."
+        )
+    if not overwrite:
+        raise ConfigError(f"OUT={out} holds a previous export: pass --overwrite to replace it, or choose another OUT.")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    if extra:
+        raise ConfigError(
+            f"OUT={out} holds a previous export and files it did not write ({', '.join(extra[:5])}): move them away "
+            "or choose another OUT; --overwrite replaces only the export's own files."
+        )
+
+
+def write_export(
+    out: Path, cfg_dict: dict, tensors: dict, sparsity: torch.Tensor | None, fmt: str, overwrite: bool, source: Path
+) -> Path:
     """Write into a temporary sibling and rename, so OUT is never left half-written or silently replaced."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty: choose another OUT or pass --overwrite.")
+    check_out(out, source, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + (sparsity.numel() * 4 if sparsity is not None else 0)
+    require_free_space(out.parent, needed + 2**20, "the export", "OUT (another disk)")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
+    old = tmp.with_name(tmp.name + "-previous")
     try:
         save_file(tensors, tmp / WEIGHTS[fmt])
         (tmp / CONFIG).write_text(json.dumps(cfg_dict, indent=2))
         if sparsity is not None:
             save_file({"sparsity": sparsity.contiguous()}, tmp / SPARSITY)
+        (tmp / MARKER).write_text(json.dumps({"format": fmt, "source": str(source)}))
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)  # the previous export (checked above), removed once the new one is in place
         tmp.rename(out)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise NoSpaceError(f"the disk of {out.parent} filled up while the export was written; OUT is unchanged.") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and out.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -96,10 +137,11 @@ def export(
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt}: choose one of {sorted(WRITERS)}.")
     sae_dir = find_sae_dir(run_dir)
+    check_out(Path(out), sae_dir, overwrite)  # before any work
     sae, cfg = load_sae(sae_dir)
     cfg_dict, tensors = WRITERS[fmt](sae.state_dict(), cfg)
     log_density = None
     if fmt == SAELENS and sparsity:
         log_density, source = log_feature_density(sae, cfg, sae_dir, density_tokens)
         print(f"sparsity.safetensors: log10 feature densities from the {source}")
-    return write_export(Path(out), cfg_dict, tensors, log_density, fmt, overwrite)
+    return write_export(Path(out), cfg_dict, tensors, log_density, fmt, overwrite, sae_dir)

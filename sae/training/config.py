@@ -177,6 +177,7 @@ class TrainerConfig:
     # Held-out activations for the end-of-run L0 and explained variance (cheap: the forward stops at the hook).
     heldout_tokens: int = 16_384
     # false: start over even when checkpoints/last.ckpt exists (kept as last.ckpt.old), e.g. when it is corrupt.
+    # Once: run_config.json records the fresh start, and the same command again (a Slurm requeue) resumes it.
     resume: bool = True
 
     def __post_init__(self) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,8 @@ def number(value: Any) -> str:
     """Exact, short: 2.5e-4, 1e-3, 5, 0.9 (never rounded, so distinct values give distinct names)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if not math.isfinite(value):  # refused at start-up (sae.core.checks.require_finite); the name must not crash first
+        return str(value)
     if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e6:
         return str(int(value))
     if abs(value) < 1e-2 or abs(value) >= 1e6:
@@ -64,6 +69,8 @@ def number(value: Any) -> str:
 
 def tokens_label(value: Any) -> str:
     """5M, 2B, 51.2k in run names; exact (1.234567M, never rounded)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     value = int(value)
     for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
         if value >= size:
@@ -111,6 +118,22 @@ def write_identity(run_dir: Path, identity: dict) -> Path:
     """Atomically: a reader never sees a half-written record."""
     record = {"hash": identity_hash(identity), "identity": identity}
     return atomic_write_text(run_dir / RUN_CONFIG, json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+def fresh_start(run_dir: Path) -> str | None:
+    """When `trainer.resume=false` started this run over (recorded in run_config.json), else None."""
+    try:
+        return json.loads((run_dir / RUN_CONFIG).read_text()).get("fresh_start", {}).get("at")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_fresh_start(run_dir: Path) -> None:
+    """Mark the run as started over: its checkpoints from now on are the fresh run's (resumed by a rerun)."""
+    path = run_dir / RUN_CONFIG
+    record = json.loads(path.read_text())
+    record["fresh_start"] = {"at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "pid": os.getpid()}
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def claim_run_dir(run_dir: Path, identity: dict, has_progress: bool) -> None:

@@ -2,6 +2,8 @@
 
 A run directory is claimed by the training identity of its config (sae/training/identity.py); it holds
 `sae/` (weights + cfg.json), `checkpoints/last.ckpt` while unfinished, and `summary.json` when done.
+`trainer.resume=false` starts a run over once (run_config.json records when); the same command again
+resumes that fresh run, so a Slurm requeue of a run longer than the time limit still ends.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from pathlib import Path
 import torch
 
 from sae.architectures import SparseAutoencoder, build_sae
+from sae.core.errors import ConfigError
 from sae.core.files import atomic_write_json
 from sae.formats.native import WEIGHTS
 from sae.lm.bridge import check_context_length, hook_name
 from sae.training.config import SAEConfig, TrainConfig
-from sae.training.identity import check_checkpoint, claim_run_dir, training_identity
+from sae.training.identity import check_checkpoint, claim_run_dir, fresh_start, record_fresh_start, training_identity
 
 SUMMARY = "summary.json"
 
@@ -40,15 +43,51 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     finished = finished_summary(run_dir) is not None
     claim_run_dir(run_dir, training_identity(resolved), has_progress=finished or last.exists())
     check_context_length(cfg.model, cfg.data.context_length)
-    if not last.exists() or finished:
+    if finished:
         return None
-    if not cfg.trainer.resume:
-        kept = last.with_name(last.name + ".old")
-        last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
-        print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
+    if not cfg.trainer.resume and not _keep_fresh_start(run_dir, last):
+        if last.exists():
+            kept = _aside(last)
+            last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
+            print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
+        record_fresh_start(run_dir)
+        return None
+    if not last.exists():
         return None
     check_checkpoint(last)
     return last
+
+
+def _keep_fresh_start(run_dir: Path, last: Path) -> bool:
+    """trainer.resume=false starts a run over once: a rerun of the same command (a Slurm requeue, a restart after
+    a kill) resumes the fresh run's own checkpoint, recorded as started over in run_config.json. A corrupt one
+    is started over again."""
+    started = fresh_start(run_dir)
+    if started is None or not last.exists():
+        return started is not None
+    try:
+        check_checkpoint(last)
+    except ConfigError:
+        return False
+    print(
+        f"trainer.resume=false: this run already started over at {started} (run_config.json: fresh_start); "
+        f"resuming its own checkpoint. To start over again, move {last.parent} away."
+    )
+    return True
+
+
+def _aside(path: Path) -> Path:
+    """`<name>.old`, or `<name>.old.N` when an earlier one is there: a kept checkpoint is never overwritten."""
+    kept, n = path.with_name(path.name + ".old"), 1
+    while kept.exists():
+        kept, n = path.with_name(f"{path.name}.old.{n}"), n + 1
+    return kept
+
+
+def checkpoint_bytes(sae: SparseAutoencoder) -> int:
+    """Disk a run needs: a checkpoint (the weights and Adam's two moments, float32) and the trained SAE."""
+    params = sum(p.numel() for p in sae.parameters())
+    return int(params * 4 * 4 * 1.1) + 2**20
 
 
 def initial_sae(cfg: SAEConfig, sample: torch.Tensor) -> SparseAutoencoder:

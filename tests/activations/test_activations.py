@@ -1,16 +1,20 @@
 """Shuffle buffer, cached-batch order, and the on-disk activation cache on the real embedded model."""
 
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
+from support.disks import fill, small_filesystem
 
 from sae.activations.batches import CachedBatches, StreamedBatches
 from sae.activations.cache import ActivationCache, build_cache, cache_key
 from sae.activations.config import ActivationsConfig
-from sae.activations.harvest import ShuffleBuffer
-from sae.lm.bridge import lazy_bridge
+from sae.activations.harvest import ShuffleBuffer, harvest
+from sae.core.errors import NoSpaceError
+from sae.lm.bridge import bos_token_id, hook_name, lazy_bridge, load_language_model
 from sae.lm.config import ModelConfig
+from sae.text.contexts import iter_contexts, iter_texts
 from sae.text.sources import DataConfig
 
 
@@ -130,3 +134,80 @@ def test_cache_is_built_once_and_a_half_written_one_is_ignored(tmp_path):
     assert cache.sample(500).std() > 0
     again = build_cache(lambda: pytest.fail("a finished cache must not harvest again"), model, data, acts)
     assert again.path == cache.path and len(loads) == 1
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_language_model(ModelConfig(name="embedded:smollm2", alias="smollm2", layer=2))
+
+
+def test_harvest_drops_exactly_the_bos_positions(smollm2):
+    """The first model batch: one row per non-BOS token of its contexts, in order, and no BOS activation among them."""
+    model = ModelConfig(name="embedded:smollm2", alias="s", layer=2)
+    data = DataConfig(source="wiki_offline", alias="wiki", context_length=16)
+    bos = bos_token_id(smollm2)
+    contexts = torch.stack(list(itertools.islice(iter_contexts(iter_texts(data, "train"), smollm2.tokenizer, 16, bos), 32)))
+    keep = contexts != bos
+    assert (~keep).sum() > 4, "the contexts must hold BOS tokens inside them too (documents joined by BOS)"
+    chunk = next(harvest(smollm2, model, data, batch_size=32))
+    assert chunk.shape == (int(keep.sum()), 576)
+    with torch.inference_mode():
+        _, cache = smollm2.run_with_cache(contexts, names_filter=hook_name(model), stop_at_layer=3)
+    acts = cache[hook_name(model)].float()
+    torch.testing.assert_close(chunk, acts[keep], rtol=0, atol=1e-6)  # the non-BOS rows, in order
+    bos_acts = acts[~keep]
+    distance = torch.cdist(bos_acts, chunk).min(dim=1).values
+    assert (distance > 1e-3).all(), "a BOS activation remains among the harvested rows"
+
+
+SMALL_CACHE = {"n_tokens": 2000, "shard_tokens": 512, "buffer_tokens": 1024, "harvest_batch_size": 8}
+
+
+@pytest.mark.slow
+def test_cache_larger_than_the_free_disk_is_refused_before_harvesting(tmp_path):
+    """3000 tokens x 576 x 2 bytes (3.5 MB) on a 3 MB filesystem: refused with both numbers and the settings."""
+    model = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=1)
+    data = DataConfig(source="wiki_offline", alias="wiki", context_length=32)
+    with small_filesystem(tmp_path / "disk") as disk:
+        acts = ActivationsConfig(cache_dir=str(disk), **{**SMALL_CACHE, "n_tokens": 3000})
+        with pytest.raises(NoSpaceError) as err:
+            build_cache(lazy_bridge(model), model, data, acts)
+        message = str(err.value)
+        assert "3.3 MB needed" in message and "3.0 MB free" in message, message
+        assert "activations.cache_dir" in message and "activations.n_tokens" in message and "\n" not in message
+        assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []
+
+
+class FillsTheDisk:
+    """The model, while another writer fills the cache's disk during the harvest (after `after` forwards)."""
+
+    def __init__(self, bridge, disk: Path, after: int):
+        self._bridge, self._disk, self._after, self.forwards = bridge, disk, after, 0
+
+    def __getattr__(self, name):
+        return getattr(self._bridge, name)
+
+    def run_with_cache(self, *args, **kwargs):
+        self.forwards += 1
+        if self.forwards == self._after:
+            fill(self._disk, leave=64 * 1024)
+        return self._bridge.run_with_cache(*args, **kwargs)
+
+
+@pytest.mark.slow
+def test_disk_filling_up_mid_harvest_leaves_nothing_half_written_and_a_rerun_works(tmp_path):
+    model = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=1)
+    data = DataConfig(source="wiki_offline", alias="wiki", context_length=32)
+    bridge = lazy_bridge(model)
+    with small_filesystem(tmp_path / "disk") as disk:
+        acts = ActivationsConfig(cache_dir=str(disk), **SMALL_CACHE)  # 2.2 MB: fits when the harvest starts
+        filling = FillsTheDisk(bridge(), disk, after=3)
+        with pytest.raises(NoSpaceError) as err:
+            build_cache(lambda: filling, model, data, acts)
+        assert filling.forwards >= 3 and "filled up" in str(err.value) and "activations.cache_dir" in str(err.value)
+        assert "\n" not in str(err.value)
+        key = cache_key(model, data, acts)
+        assert not list(disk.glob(f"{key}.tmp-*")) and not (disk / key).exists()  # nothing half-written left
+        (disk / "filler.bin").unlink()  # space again: the next run harvests the whole cache
+        cache = build_cache(bridge, model, data, acts)
+        assert len(cache) == 2000 and torch.isfinite(cache.sample(500)).all()

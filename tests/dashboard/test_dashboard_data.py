@@ -81,6 +81,17 @@ def test_quantile_samples_cover_the_bins_of_a_wide_unit():
     assert 100 not in [c for c, _ in picks]  # never a context where it did not fire
 
 
+class CountingLogits:
+    """The per-unit logits hook of build_units, recording which units each call computed."""
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+
+    def __call__(self, units: list[int]) -> list[dict]:
+        self.calls.append(list(units))
+        return [{"unit": u} for u in units]
+
+
 def test_features_read_through_encode_and_resume_in_parts(tmp_path):
     torch.manual_seed(0)
     sae = build_sae("relu", 6, 5)
@@ -88,18 +99,24 @@ def test_features_read_through_encode_and_resume_in_parts(tmp_path):
     acts = torch.randn(10, 8, 6)
     c = cfg()
     store = DashboardStore(tmp_path, {"sae": "x", "settings": 1})
-    index = build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, None)
+    logits = CountingLogits()
+    index = build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, logits)
+    assert logits.calls == [[0, 1], [2, 3], [4]]
     f = sae.encode(acts.reshape(-1, 6))
     assert index["max_activation"] == pytest.approx(f.max(dim=0).values.tolist(), abs=1e-4)
     assert index["density"] == pytest.approx((f > 0).float().mean(dim=0).tolist())
     parts = sorted((tmp_path / "features").glob("part_*.json"))
     assert len(parts) == 3
+    contents = [p.read_bytes() for p in parts]
     stamps = [p.stat().st_mtime_ns for p in parts]
-    assert build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, None) == index
-    assert [p.stat().st_mtime_ns for p in parts] == stamps  # nothing recomputed
+    assert build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, logits) == index
+    assert [p.stat().st_mtime_ns for p in parts] == stamps and len(logits.calls) == 3  # nothing recomputed
     parts[1].unlink()
-    build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, None)
-    assert (tmp_path / "features" / "part_0001.json").exists()
+    logits.calls.clear()
+    assert build_units(UnitSpace("features", sae), ids, acts, BOS, c, store, logits) == index
+    assert logits.calls == [[2, 3]]  # only the missing part's units
+    assert [parts[0].stat().st_mtime_ns, parts[2].stat().st_mtime_ns] == [stamps[0], stamps[2]]  # the others untouched
+    assert [p.read_bytes() for p in parts] == contents  # and the part made again equals the first
     # other settings: the folder starts afresh
     DashboardStore(tmp_path, {"sae": "x", "settings": 2})
     assert not list(tmp_path.glob("features/part_*.json"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.disks import small_filesystem
 from support.runs import REPO, read_json, run_script, script_env, train_tiny
 from support.saes import PROVENANCE, assert_same_sae, random_sae
 
@@ -154,17 +155,67 @@ def test_mismatched_model_or_hook_is_refused():
 
 
 def test_export_never_replaces_a_folder_silently(tmp_path):
-    from sae.export.write import export
+    from sae.export.write import MARKER, export
 
     save_sae(random_sae(), tmp_path / "sae", PROVENANCE)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty"):
-        export(tmp_path / "sae", "saelens", tmp_path / "out", sparsity=False)
+    for overwrite in (False, True):  # a folder no export wrote is never replaced, --overwrite or not
+        with pytest.raises(ConfigError, match="no export wrote"):
+            export(tmp_path / "sae", "saelens", tmp_path / "out", sparsity=False, overwrite=overwrite)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    export(tmp_path / "sae", "saelens", tmp_path / "out", sparsity=False, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    (tmp_path / "out" / "keep.txt").unlink()
+    export(tmp_path / "sae", "saelens", tmp_path / "out", sparsity=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "cfg.json", "sae_weights.safetensors"]
+    with pytest.raises(ConfigError, match="pass --overwrite"):
+        export(tmp_path / "sae", "sparsify", tmp_path / "out", sparsity=False)
+    export(tmp_path / "sae", "sparsify", tmp_path / "out", sparsity=False, overwrite=True)  # a previous export: replaced
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "cfg.json", "sae.safetensors"]
+    assert json.loads((tmp_path / "out" / MARKER).read_text())["format"] == "sparsify"
+    (tmp_path / "out" / "notes.md").write_text("my notes")  # a previous export with something of the user's in it
+    with pytest.raises(ConfigError, match="notes.md"):
+        export(tmp_path / "sae", "saelens", tmp_path / "out", sparsity=False, overwrite=True)
+    assert (tmp_path / "out" / "notes.md").read_text() == "my notes"
     assert not list(tmp_path.glob("out.tmp-*"))
+
+
+def _export_cli(argv: list[str], capsys) -> str:
+    from sae.export.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_export_overwrite_refuses_the_run_directory_and_a_file(tmp_path, capsys):
+    """`--overwrite` with OUT = the run (or a folder holding it) would delete the run: refused, nothing touched."""
+    run = tmp_path / "run"
+    save_sae(random_sae(), run / "sae", PROVENANCE)
+    (run / "run_config.json").write_text("{}")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for out in (run, tmp_path, run / "sae"):
+        err = _export_cli([str(run), "--format", "saelens", str(out), "--no-sparsity", "--overwrite"], capsys)
+        assert "OUT=" in err and str(out) in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    (tmp_path / "a_file").write_text("x")
+    err = _export_cli([str(run), "--format", "saelens", str(tmp_path / "a_file"), "--no-sparsity", "--overwrite"], capsys)
+    assert "is a file" in err and (tmp_path / "a_file").read_text() == "x"
+    err = _export_cli([str(run), "--format", "saelens", str(tmp_path / "a_file" / "out"), "--no-sparsity"], capsys)
+    assert "is a file, not a directory" in err
+
+
+def test_export_to_a_full_disk_is_refused_with_both_numbers(tmp_path, capsys):
+    from sae.architectures import build_sae
+
+    save_sae(build_sae("relu", 128, 4096), tmp_path / "sae", PROVENANCE)  # ~4 MB of weights
+    with small_filesystem(tmp_path / "small_disk") as small_disk:
+        err = _export_cli([str(tmp_path / "sae"), "--format", "saelens", str(small_disk / "out"), "--no-sparsity"], capsys)
+        assert "MB needed" in err and "MB free" in err and "OUT" in err
+        assert not list(small_disk.iterdir())  # nothing half-written
 
 
 def test_push_to_hub_uploads_exactly_the_exported_folder_without_writing_the_token(tmp_path, monkeypatch):
@@ -195,7 +246,7 @@ def test_push_to_hub_uploads_exactly_the_exported_folder_without_writing_the_tok
     assert (up["repo_id"], up["repo_type"], up["path_in_repo"]) == ("me/my-saes", "model", "blocks.2.hook_mlp_out")
     assert Path(up["folder_path"]) == out
     assert up["files"] == {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(up["files"]) == {"cfg.json", "sae_weights.safetensors"}
+    assert set(up["files"]) - set(up["ignore_patterns"]) == {"cfg.json", "sae_weights.safetensors"}
     assert all(token.encode() not in data for data in up["files"].values())
     assert not (tmp_path / "hf_home").exists() or not any(
         token in p.read_text(errors="ignore") for p in (tmp_path / "hf_home").rglob("*") if p.is_file()

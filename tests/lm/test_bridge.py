@@ -42,14 +42,6 @@ def test_mlp_output_and_neuron_hooks_have_their_widths(smollm2):
     assert hook_width(smollm2, ModelConfig(name="embedded:smollm2", alias="s", layer=2, hook="mlp.hook_post")) == 1536
 
 
-def test_harvest_drops_bos_positions(smollm2):
-    model = ModelConfig(name="embedded:smollm2", alias="s", layer=2)
-    data = DataConfig(source="wiki_offline", alias="wiki", context_length=16)
-    chunk = next(harvest(smollm2, model, data, batch_size=4))
-    # 4 contexts of 16 tokens, each starting with BOS (and documents joined by BOS): fewer than 64 rows.
-    assert chunk.shape[1] == 576 and 4 * 15 - 8 <= len(chunk) <= 4 * 15
-
-
 @pytest.mark.slow
 def test_random_weight_distilgpt2_shape_boots_and_harvests_its_last_mlp(tmp_path):
     """The reference configuration (distilgpt2, last block's MLP) short of the pretrained weights."""

@@ -10,9 +10,10 @@ import time
 
 import pytest
 import torch
+from support.locks import lock_held_elsewhere
 from support.runs import STREAMED, TINY, assert_same_run, kill_script_when, read_json, run_script
 
-from sae.activations.lockstep import run_in_lockstep
+from sae.activations.lockstep import MembersFailed, run_in_lockstep
 
 
 class CountingSource:
@@ -63,9 +64,41 @@ def test_a_failing_member_leaves_and_the_others_finish():
                 raise RuntimeError("member 1 failed")
         finished.append(i)
 
-    with pytest.raises(RuntimeError, match="member 1 failed"):
+    with pytest.raises(MembersFailed, match="member 1 failed") as failed:
         run_in_lockstep(3, work)
+    assert [i for i, _ in failed.value.failures] == [1]
     assert sorted(finished) == [0, 2] and made == list(range(total))
+
+
+def test_every_failing_member_is_reported():
+    total, made = 6, []
+
+    def work(i, batches):
+        batches.register(0, total, lambda: CountingSource(0, total, made))
+        for batch in batches:
+            if i != 1 and int(batch) == 2 + i:
+                raise ValueError(f"member {i} broke at batch {int(batch)}")
+        return i
+
+    with pytest.raises(MembersFailed) as failed:
+        run_in_lockstep(3, work)
+    assert [(i, str(e)) for i, e in failed.value.failures] == [(0, "member 0 broke at batch 2"), (2, "member 2 broke at batch 4")]
+    assert made == list(range(total))  # member 1 went on to the end
+
+
+def test_a_member_that_fails_after_registering_does_not_set_where_the_stream_starts():
+    """Member 0 would start at 0, but fails before its first batch: the stream starts where the others do."""
+    total, made, starts = 10, [], [0, 4, 6]
+
+    def work(i, batches):
+        batches.register(starts[i], total, lambda: CountingSource(starts[i], total, made))
+        if i == 0:
+            raise RuntimeError("member 0 failed in its set-up")
+        return [int(b) for b in batches]
+
+    with pytest.raises(MembersFailed, match="member 0 failed"):
+        run_in_lockstep(3, work)
+    assert made == list(range(4, total))  # no batch made for nobody
 
 
 # Two learning rates of the streamed resume test's run: resampling fires, a checkpoint every 10 of 30 steps.
@@ -125,3 +158,10 @@ def test_grouping_follows_what_decides_the_batches(tmp_path, activation_cache_di
         seeds = {read_json(run + "/run_config.json")["identity"]["sae"]["seed"] for run in runs}
         assert len(seeds) == 1
     assert len(_runs(sweep)) == 4
+
+    # The group job takes each of its runs' locks: a run held by another process stops the group at once, naming it.
+    held = _runs(sweep)[0]
+    with lock_held_elsewhere(held) as pid:
+        proc = run_script("train.py", [*args, *grid], activation_cache_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert any(f"PID {pid}" in line and str(held) in line for line in proc.stderr.splitlines()), proc.stderr

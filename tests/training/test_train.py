@@ -1,10 +1,26 @@
-"""End to end: `python train.py` on the embedded model with a tiny budget, and exact resuming after a kill -9."""
+"""End to end: `python train.py` on the embedded model with a tiny budget, exact resuming after a kill -9, one writer
+per run directory, and `trainer.resume=false` starting over once."""
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from support.runs import assert_same_run, kill_after_first_checkpoint, read_json, train_tiny
+from support.runs import (
+    REPO,
+    TINY,
+    assert_same_run,
+    kill_after_first_checkpoint,
+    kill_script_when,
+    read_json,
+    script_env,
+    train_tiny,
+)
 from support.wandb_records import history, run_file
 
 from sae import load_sae
@@ -78,3 +94,71 @@ def test_killed_run_rerun_equals_the_uninterrupted_run(tmp_path, activation_cach
     again = train_tiny(killed, activation_cache_dir, *RESAMPLING)
     assert "resuming from" in again.stdout and "step 160: resampled" not in again.stdout
     assert_same_run(killed, whole)
+
+
+def _wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _lock_holder(run_dir) -> dict:
+    try:
+        return json.loads((run_dir / ".lock").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow
+def test_a_second_process_on_the_same_run_directory_stops_at_once(tmp_path, activation_cache_dir):
+    """Two real train.py on one run directory: the second exits (code 2) naming the first; only one writes."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"]
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=script_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for(lambda: _lock_holder(run_dir).get("pid") == first.pid or first.poll() is not None)
+        os.kill(first.pid, signal.SIGSTOP)  # holds the lock, paused: the second surely starts while it runs
+        second = train_tiny(run_dir, activation_cache_dir, check=False)
+        os.kill(first.pid, signal.SIGCONT)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        holder = _lock_holder(run_dir)
+        line = [x for x in second.stderr.splitlines() if f"PID {first.pid}" in x]
+        assert line and holder["host"] in line[0] and holder["since"] in line[0] and "in use" in line[0], second.stderr
+        assert first.wait(timeout=900) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
+    again = train_tiny(run_dir, activation_cache_dir)  # the lock went with the first process
+    assert "already holds a finished SAE" in again.stdout
+
+
+@pytest.mark.slow
+def test_resume_false_starts_over_once_and_a_rerun_resumes_the_fresh_run(tmp_path, activation_cache_dir):
+    """`trainer.resume=false` under a Slurm requeue: the same command again resumes the run it started, and a kill -9
+    (which leaves the lock behind only in the file) does not stop it."""
+    budget = ["logger=csv"]
+    fresh = tmp_path / "fresh"
+    train_tiny(fresh, activation_cache_dir, *budget)
+
+    run_dir = tmp_path / "run"
+    kill_after_first_checkpoint(run_dir, activation_cache_dir, *budget)  # an earlier run's checkpoint
+    last = run_dir / "checkpoints" / "last.ckpt"
+    old_bytes = last.read_bytes()
+    kept = last.with_name("last.ckpt.old")
+    kill_script_when(
+        "train.py",
+        [*TINY, *budget, "trainer.resume=false", f"hydra.run.dir={run_dir}", f"activations.cache_dir={activation_cache_dir}"],
+        lambda: kept.exists() and last.exists(),
+    )
+    assert kept.read_bytes() == old_bytes and last.exists() and not (run_dir / "summary.json").exists()
+    assert "fresh_start" in read_json(run_dir / "run_config.json")
+
+    requeued = train_tiny(run_dir, activation_cache_dir, *budget, "trainer.resume=false")
+    assert "resuming from" in requeued.stdout and "starting over" not in requeued.stdout
+    assert_same_run(run_dir, fresh)
+    assert kept.read_bytes() == old_bytes  # the earlier run's checkpoint is still kept
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.ckpt.old"]
