@@ -1,6 +1,7 @@
 """Exported SAEs loaded by the real SAELens (and sparsify) in their own virtual environment: their encode and
 decode must match ours on the same inputs. SAELens pins TransformerLens 3, so it cannot live in this project's
-venv; `bash scripts/setup_saelens.sh` builds `.venv-saelens` (the tests skip, saying so, when it is absent)."""
+venv; `bash scripts/setup_saelens.sh` (run by `scripts/setup.sh --test`) builds `.venv-saelens`. Without it the
+tests skip, saying so, unless SAE_TESTS_REQUIRE names `saelens` (as CI does): then they fail."""
 
 from __future__ import annotations
 

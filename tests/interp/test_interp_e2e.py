@@ -153,8 +153,8 @@ def test_local_backend_end_to_end(tiny_sae):
 def llama_server(tmp_path_factory):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip(
-            "llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
-            "(builds llama.cpp from source, ~6 min on 2 cores)"
+            "llama-cpp-python is not installed: `bash scripts/setup.sh --test` builds it "
+            "(llama.cpp from source, ~6 min on 2 cores, once per machine)"
         )
     gguf = packaged_gguf()
     if gguf is None:
@@ -170,20 +170,23 @@ def test_openai_backend_against_llama_cpp_server(tiny_sae, llama_server):
     vocabulary per prompt token), which takes seconds per request on 2 cores."""
     eval_dir = tiny_sae / "eval"
     fewer = [*SMALL, "interp.n_score_top=1", "interp.n_score_random=1"]
-    run_script(
-        "evaluate.py",
-        [
-            f"sae_path={tiny_sae}",
-            *fewer,
-            "explainer=openai",
-            f"explainer.base_url={llama_server.base_url}",
-            "explainer.model=smollm2",
-            "explainer.api_key_env=null",
-            "explainer.max_concurrency=2",
-            "interp.baseline=false",
-        ],
-        timeout=1800,
-    )
+    try:
+        run_script(
+            "evaluate.py",
+            [
+                f"sae_path={tiny_sae}",
+                *fewer,
+                "explainer=openai",
+                f"explainer.base_url={llama_server.base_url}",
+                "explainer.model=smollm2",
+                "explainer.api_key_env=null",
+                "explainer.max_concurrency=2",
+                "interp.baseline=false",
+            ],
+            timeout=1800,
+        )
+    finally:  # a server that died says how (signal, log), not only the client's "connection refused"
+        llama_server.assert_alive("during the test")
     summary, rows = results(eval_dir)
     assert summary["primary_method"] == "openai"
     mine = assert_scored(rows, "openai", n_top=1)

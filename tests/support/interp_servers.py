@@ -10,6 +10,7 @@ like vLLM and llama.cpp's server).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -236,20 +237,58 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 300) -> LlamaCppServer:
+        """Start the server, wait for /v1/models, then check it with one real completion: a build that does
+        not run on this CPU answers /v1/models and dies on its first completion."""
         self.log = open(self.log_path, "w")  # noqa: SIM115 (open while the server runs; closed in stop())
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited ({self.proc.returncode}): {self.log_path.read_text()[-3000:]}")
+        while True:
+            self.assert_alive("while starting")
             try:
                 with urllib.request.urlopen(self.base_url + "/models", timeout=2) as r:
                     if r.status == 200:
-                        return self
+                        break
             except OSError:
-                time.sleep(1)
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"llama.cpp server did not answer within {timeout}s:\n{self.log_tail()}")
+            time.sleep(1)
+        self._first_completion(timeout=max(deadline - time.time(), 120))
+        return self
+
+    def _first_completion(self, timeout: float) -> None:
+        """Echoed prompt log-probabilities and two generated tokens: the path the interp test takes."""
+        body = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
+        request = urllib.request.Request(
+            self.base_url + "/completions",
+            json.dumps({**body, "echo": True, "logprobs": 1}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                answer = json.loads(r.read())
+            choice = answer["choices"][0]
+            if not (choice["text"].startswith(body["prompt"]) and choice["logprobs"]["token_logprobs"]):
+                raise ValueError(f"not an echoed completion with log-probabilities: {choice}")
+        except Exception as e:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a crash shows first as a reset connection
+                self.proc.wait(timeout=10)
+            self.assert_alive("on its first completion")
+            self.stop()
+            raise RuntimeError(f"llama.cpp server's first completion failed ({e!r}):\n{self.log_tail()}") from e
+
+    def assert_alive(self, when: str = "") -> None:
+        """Raise with the exit status (the signal of a crash) and the end of the server's log if it has exited."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        how = f"was killed by {signal.Signals(-code).name} (exit {128 - code} in a shell)" if code < 0 else f"exited with {code}"
         self.stop()
-        raise RuntimeError(f"llama.cpp server did not answer within {timeout}s: {self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"llama.cpp server {how} {when}; its log ({self.log_path}) ends:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

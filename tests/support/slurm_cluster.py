@@ -8,7 +8,7 @@ optional: without `sacct`, submitit cannot see a job that died without a result 
 `LocalSlurm` records each daemon's PID and stops exactly those. Clients find the cluster through
 the `SLURM_CONF` variable in `LocalSlurm.env`. By hand:
 
-    sudo .venv/bin/python tests/slurm_cluster.py     # starts it, prints SLURM_CONF, Ctrl-C stops it
+    sudo .venv/bin/python tests/support/slurm_cluster.py     # starts it, prints SLURM_CONF, Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout:
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s:\n{_tail(log)}")
+
+
+# sacct's states of a job that has ended (sacct writes CANCELLED as "CANCELLED by <uid>"). REQUEUED ends an
+# attempt, not the job: another record follows it.
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -212,6 +217,27 @@ class LocalSlurm:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the node did not become idle within {timeout:.0f}s (state {state!r}):\n{self.logs()}")
+
+    def final_states(self, job: str, timeout: float = 60) -> list[str]:
+        """The state of every attempt of `job` (`sacct -D`), oldest first, once the last attempt has ended.
+
+        Accounting lags the job: slurmctld tells slurmdbd that a job ended after the job's own processes (and so
+        submitit, which reads the job's result file) are done, so one read right after a sweep can still say RUNNING.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run(
+                [_which("sacct"), "-n", "-X", "-D", "-P", "-j", job, "-o", "State"], capture_output=True, text=True, env=self.env
+            )
+            states = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+            if states and states[-1] in ENDED and all(s in ENDED or s == "REQUEUED" for s in states):
+                return states
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"sacct still says {states} for job {job} {timeout:.0f}s after it was expected to end "
+                    f"(sacct exit {out.returncode}: {out.stderr.strip()}):\n{self.logs()[-3000:]}"
+                )
+            time.sleep(1)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{_tail(p, 1500)}" for p in sorted((self.root / "log").glob("*")))

@@ -1,6 +1,6 @@
 """A sweep through hydra-submitit-launcher's Slurm launcher on a real single-node Slurm cluster.
 
-The cluster (tests/slurm_cluster.py) is started by a fixture and stopped by PID afterwards; it needs
+The cluster (tests/support/slurm_cluster.py) is started by a fixture and stopped by PID afterwards; it needs
 root and Debian's packages: apt-get install -y slurm-wlm munge slurmdbd mariadb-server. One job gets,
 mid-run, the signal Slurm sends before a time limit (submitit asks for SIGUSR2 with `--signal`): the
 launcher's checkpoint() resubmits the same job, Slurm requeues it, and the requeued job trains on
@@ -30,7 +30,10 @@ STEPS = 300  # sae.tokens / sae.batch_size below: long enough to be preempted be
 @pytest.fixture(scope="module")
 def slurm():
     if shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
-        pytest.skip("Slurm is not installed (apt-get install -y slurm-wlm munge slurmdbd mariadb-server)")
+        pytest.skip(
+            "Slurm is not installed (`bash scripts/setup.sh --test` installs it as root: "
+            "apt-get install -y slurm-wlm munge slurmdbd mariadb-server)"
+        )
     missing = missing_programs()
     assert not missing, (
         f"Slurm is partly installed; missing {missing}: apt-get install -y slurm-wlm munge slurmdbd mariadb-server"
@@ -93,9 +96,7 @@ def _sweep_signalled_mid_run(slurm, tmp_path, *extra: str) -> tuple[Path, Path, 
                 proc.kill()
     output = log_path.read_text(errors="replace")
     assert proc.returncode == 0, f"{output[-4000:]}\n{slurm.logs()[-3000:]}"
-    history = subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-j", job, "-o", "State"], capture_output=True, text=True, env=slurm.env
-    ).stdout.split()
+    history = slurm.final_states(job)  # accounting lags the job's end: waits (60 s at most) for it to say so
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
     return sweep_dir, cache_dir, run0, job
 
