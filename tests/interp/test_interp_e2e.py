@@ -181,6 +181,7 @@ def test_openai_backend_against_llama_cpp_server(tiny_sae, llama_server):
                 "explainer.model=smollm2",
                 "explainer.api_key_env=null",
                 "explainer.max_concurrency=2",
+                "explainer.timeout_s=1200",  # a loaded 2-core machine answers slowly; slowness must not fail a unit
                 "interp.baseline=false",
             ],
             timeout=1800,
