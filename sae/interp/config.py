@@ -13,9 +13,9 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from sae.core.checks import require
+from sae.interp.scoring import SPLITS
 
 UNIT_KINDS = ("features", "neurons")
-SPLITS = ("top_and_random", "random_only", "quantiles")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class InterpConfig:
         require(self.n_score_top >= 0, f"interp.n_score_top={self.n_score_top} must be >= 0.")
         require(self.n_score_random >= 0, f"interp.n_score_random={self.n_score_random} must be >= 0.")
         bad = [s for s in self.splits if s not in SPLITS]
-        require(not bad and bool(self.splits), f"interp.splits={list(self.splits)}: choose from {SPLITS}.")
+        require(not bad and bool(self.splits), f"interp.splits={list(self.splits)}: choose from {tuple(SPLITS)}.")
         require(self.n_contexts >= 1, f"interp.n_contexts={self.n_contexts} must be >= 1.")
         require(self.batch_size >= 1, f"interp.batch_size={self.batch_size} must be >= 1 (contexts per forward).")
         require(self.n_quantiles >= 1, f"interp.n_quantiles={self.n_quantiles} must be >= 1.")

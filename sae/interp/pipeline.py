@@ -30,7 +30,7 @@ from sae.interp.config import InterpConfig
 from sae.interp.prompts import PROMPT_VERSION
 from sae.interp.records import UnitRecords, build_records, harvest_units, load_records, save_records, unit_hook
 from sae.interp.results import MethodSummary, Simulated, SplitSummary, UnitResult
-from sae.interp.scoring import score_split, split_records, summarise
+from sae.interp.scoring import SPLITS, score_split, split_records, summarise
 from sae.interp.store import ResultStore
 
 GROUPS = ("top", "random", "quantiles")
@@ -168,17 +168,8 @@ class MethodRun:
     def _scored(self, rec: UnitRecords, donor: int, sim: dict, interp: InterpConfig) -> Simulated:
         if sim["status"] != "ok":
             return Simulated(explanation_of=donor, status="failed", reason=sim.get("reason"))
-        splits = {
-            split: score_split(split_records(rec, split), self._split_predictions(rec, sim["predictions"], split))
-            for split in interp.splits
-        }
+        splits = {split: score_split(split_records(rec, split), SPLITS[split](sim["predictions"])) for split in interp.splits}
         return Simulated(explanation_of=donor, status="ok", simulator_method=sim["method"], splits=splits)
-
-    @staticmethod
-    def _split_predictions(rec: UnitRecords, preds: dict, split: str) -> list[list[float]]:
-        if split == "top_and_random":
-            return preds["top"] + preds["random"][: len(rec.top) or len(rec.random)]
-        return preds["random" if split == "random_only" else "quantiles"]
 
 
 def summarise_method(results: list[UnitResult], interp: InterpConfig, explainer: str) -> MethodSummary:

@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from scipy import stats
 
-from sae.interp.records import Record, UnitRecords
 from sae.interp.results import Interval, SplitScore
+
+if TYPE_CHECKING:
+    from sae.interp.records import Record, UnitRecords
+
+T = TypeVar("T")
+
+
+def _top_and_random(groups: Mapping[str, Sequence[T]]) -> list[T]:
+    top, random = groups["top"], groups["random"]
+    return list(top) + list(random[: len(top) or len(random)])
+
+
+# How each split (interp.splits) pools a unit's record groups ("top", "random", "quantiles"); the same rule picks
+# the records and their predictions, so the two always line up.
+SPLITS: dict[str, Callable[[Mapping[str, Sequence[T]]], list[T]]] = {
+    "top_and_random": _top_and_random,  # the scored top records and as many random ones
+    "random_only": lambda groups: list(groups["random"]),
+    "quantiles": lambda groups: list(groups["quantiles"]),
+}
 
 
 def split_records(records: UnitRecords, split: str) -> list[Record]:
-    """top_and_random: the scored top records and as many random ones; random_only; quantiles."""
-    if split == "top_and_random":
-        return list(records.top) + list(records.random[: len(records.top) or len(records.random)])
-    if split == "random_only":
-        return list(records.random)
-    if split == "quantiles":
-        return list(records.quantiles)
-    raise ValueError(split)
+    return SPLITS[split]({"top": records.top, "random": records.random, "quantiles": records.quantiles})
 
 
 def correlations(true: Sequence[float], predicted: Sequence[float]) -> SplitScore:
