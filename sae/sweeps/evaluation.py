@@ -217,6 +217,7 @@ def evaluate_sweep(
 
         def bridge(model_cfg=model_cfg) -> ReplayBridge:
             if "model" not in loaded:
+                log(f"[sweep] loading {model_cfg.name}")
                 loaded["model"] = ReplayBridge(load_language_model(model_cfg))
             return loaded["model"]
 
@@ -229,6 +230,8 @@ def evaluate_sweep(
             window_key = json.dumps([hook, layer, dataclasses.asdict(trained_on), proto["interp"]], sort_keys=True, default=str)
             if window_key not in windows:
                 windows[window_key] = heldout_windows(bridge(), hook, layer, trained_on, interp)
+                n = sum(len(t) for t in windows[window_key].tokens)
+                log(f"[sweep] held-out windows: {n} of {interp.window} tokens at {hook}, one pass for every SAE reading them")
             fired = windows_fired(job.sae, windows[window_key], cfg.metrics.memory_budget_mb * 2**20)
             units, eligible = sample_units(fired, interp)
             result.update({"features": units, "eligible_features": eligible})
