@@ -53,6 +53,7 @@ from sae.interp.config import InterpConfig, register_interp_configs
 from sae.interp.pipeline import InterpFailed, run_interp
 from sae.lm.bridge import hook_name, pick_device
 from sae.sweeps.evaluation import evaluate_sweep
+from sae.text.sources import DataConfig
 from sae.training.config import register_configs
 
 register_configs()
@@ -154,8 +155,13 @@ def dashboard_stage(name: str) -> Stage:
     return Stage(run)
 
 
+def check_metrics(cfg: EvaluateConfig) -> None:
+    """The evaluation corpora exist (and their packages are installed) before any SAE is evaluated."""
+    corpus_configs(cfg.eval_corpora, DATA_CONF, DataConfig(source="wiki_offline", alias="wiki"))
+
+
 STAGES: dict[str, Stage] = {
-    "metrics": Stage(metrics_stage),
+    "metrics": Stage(metrics_stage, check_metrics),
     "interp": Stage(interp_stage, check_interp),
     **{name: dashboard_stage(name) for name in ("dashboard", "serve", "rubric_report")},
 }

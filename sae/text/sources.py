@@ -95,6 +95,7 @@ class Packaged:
     @staticmethod
     def check(cfg: DataConfig) -> None:
         require(cfg.name in packaged.NAMES, f"data.name={cfg.name!r}: choose a packaged corpus, one of {packaged.NAMES}.")
+        packaged.check_installed(cfg.name)
 
     @staticmethod
     def load(cfg: DataConfig) -> Any:

