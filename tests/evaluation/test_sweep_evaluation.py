@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from support.runs import TINY, read_json, run_script
 
+from sae.core.errors import ConfigError
+from sae.evaluation.config import EvaluateConfig
+from sae.interp.config import InterpConfig
+from sae.sweeps.evaluation import evaluate_sweep, sample_units
 from sae.sweeps.report import build_report
 
 INTERP = [
@@ -23,6 +29,31 @@ INTERP = [
 ]
 METRICS = ["metrics.ce_tokens=128", "metrics.heldout_tokens=2000", "metrics.density_tokens=4000"]
 OUTPUTS = ("metrics.json", "interp_summary.json", "interp/results.jsonl", "interp/records_features.json")
+
+
+def test_units_are_drawn_among_those_that_fire_often_enough():
+    fired = torch.tensor([0, 5, 2, 3, 9, 1, 3])  # windows each feature fired on
+    interp = InterpConfig(n_features=2, n_explain=3, seed=7)
+    units, eligible = sample_units(fired, interp)
+    assert eligible == 4 and units == np.random.default_rng(7).permutation([1, 3, 4, 6])[:2].tolist()
+    assert sample_units(fired, interp) == (units, eligible)  # the same for every SAE with these counts
+    assert sorted(sample_units(fired, InterpConfig(n_features=8, n_explain=3))[0]) == [1, 3, 4, 6]  # fewer fire: all
+
+
+def test_sweep_settings_fail_at_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="is not a directory"):
+        EvaluateConfig(sweep_dir=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="stage='dashboard' with sweep_dir"):
+        EvaluateConfig(sweep_dir=str(tmp_path), stage="dashboard")
+    with pytest.raises(ConfigError, match="give one of them"):
+        EvaluateConfig(sweep_dir=str(tmp_path), sae_path="x")
+    with pytest.raises(ConfigError, match="sae_path is missing"):
+        EvaluateConfig()
+    with pytest.raises(ConfigError, match="no finished runs"):
+        evaluate_sweep(EvaluateConfig(sweep_dir=str(tmp_path)), tmp_path, tmp_path / "eval", ("metrics",), None, None, None)
+    with pytest.raises(ConfigError, match="units=features"):
+        cfg = EvaluateConfig(sweep_dir=str(tmp_path), stage="interp")
+        evaluate_sweep(cfg, tmp_path, tmp_path / "eval", ("interp",), InterpConfig(units="neurons"), None, None)
 
 
 @pytest.fixture(scope="module")
