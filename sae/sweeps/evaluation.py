@@ -8,9 +8,10 @@ The protocol: every SAE is scored on the same held-out windows (`interp.n_contex
 drawn with the same seed at random among the features that fire on at least `interp.n_explain` of those
 windows (the ones that can be explained at all), with the same explainer and scoring settings.
 
-Shared across the SAEs of one language model: the loaded model; the records' held-out pass (the hooked
-activations of those windows are computed once and replayed to each SAE's records pass); and the
-zero-ablated losses of the spliced cross-entropy (sae/evaluation/metrics_stage.py keeps them by token batch).
+Shared across the SAEs of one language model: the loaded model; the held-out passes that stop at the
+hooked layer (the records' windows, and the metrics' held-out activations within `RECORD_BUDGET`: computed
+once, replayed to the next SAE); and the zero-ablated losses of the spliced cross-entropy
+(sae/evaluation/metrics_stage.py keeps them by token batch).
 
 Each SAE's results go to its own run's `eval/` directory, which resumes part by part; when all of an SAE's
 stages are done, `eval/sweep_evaluation.json` records the protocol, and a rerun under the same protocol
@@ -56,23 +57,42 @@ def _batch_key(tokens: torch.Tensor, hook: str, stop_at_layer: int | None) -> st
     return f"{digest}{tuple(tokens.shape)}:{hook}:{stop_at_layer}"
 
 
-class ReplayBridge:
-    """The language model, except that the hooked activations of batches passed to `remember` are replayed
-    by `run_with_cache` instead of computed again. Everything else is the model's own."""
+# Memory for the hooked activations a ReplayBridge records on its own (e.g. the metrics' held-out pass,
+# ~0.7 GB for 300,000 tokens of a 576-wide model); passes beyond it are computed for every SAE as usual.
+RECORD_BUDGET = 2 * 2**30
 
-    def __init__(self, model):
+
+class ReplayBridge:
+    """The language model, except that hooked activations computed once are replayed to the next SAE.
+
+    `run_with_cache(tokens, names_filter=<hook>, stop_at_layer=...)` (the harvests of held-out activations,
+    which stop at the hooked layer) is answered from what an earlier call with the same tokens computed:
+    always for batches passed to `remember`, and for others while their total stays within `budget` bytes.
+    Everything else is the model's own."""
+
+    def __init__(self, model, budget: int = RECORD_BUDGET):
         self._model = model
         self._replay: dict[str, torch.Tensor] = {}
+        self._budget, self._recorded = budget, 0
+        self.replayed = 0  # calls answered from the record
 
     def remember(self, tokens: torch.Tensor, hook: str, stop_at_layer: int, acts: torch.Tensor) -> None:
         self._replay[_batch_key(tokens, hook, stop_at_layer)] = acts
 
     def run_with_cache(self, tokens, names_filter=None, stop_at_layer=None, **kwargs):
-        if isinstance(names_filter, str) and not kwargs:
-            acts = self._replay.get(_batch_key(tokens, names_filter, stop_at_layer))
-            if acts is not None:
-                return None, {names_filter: acts}
-        return self._model.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=stop_at_layer, **kwargs)
+        if not isinstance(names_filter, str) or stop_at_layer is None or kwargs:
+            return self._model.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=stop_at_layer, **kwargs)
+        key = _batch_key(tokens, names_filter, stop_at_layer)
+        acts = self._replay.get(key)
+        if acts is not None:
+            self.replayed += 1
+            return None, {names_filter: acts.to(tokens.device)}
+        logits, cache = self._model.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=stop_at_layer)
+        acts = cache[names_filter]
+        if self._recorded + acts.numel() * acts.element_size() <= self._budget:
+            self._replay[key] = acts.detach().cpu()
+            self._recorded += acts.numel() * acts.element_size()
+        return logits, cache
 
     def __call__(self, *args, **kwargs):
         return self._model(*args, **kwargs)
@@ -241,12 +261,15 @@ def evaluate_sweep(
                 save(rel, {**result, "status": "failed", "reason": failed[-1]})
                 continue
             job.cfg = dataclasses.replace(job.cfg, interp=dataclasses.replace(interp, features=units))
+        replayed = loaded["model"].replayed if "model" in loaded else 0
         try:
             run_stages(job, names)
         except InterpFailed as exc:
             failed.append(f"{rel}: {exc}")
             save(rel, {**result, "status": "failed", "reason": str(exc)})
             continue
+        if "model" in loaded:
+            log(f"[sweep] {rel}: {loaded['model'].replayed - replayed} held-out model passes replayed instead of computed")
         atomic_write_json(eval_dir / RECORD, {"protocol": proto, "sae_weights": digest, "result": result})
         save(rel, {**result, "status": "evaluated"})
     _release(loaded)

@@ -4,6 +4,7 @@ built on its results, and `eval_corpora` (held-out metrics per corpus) on one of
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,9 @@ def test_sweep_evaluation_one_protocol_shared_work(evaluated, tiny_sweep):
     # one language model and one held-out pass for both SAEs; the second reuses the zero-ablated losses
     assert out.count("[sweep] loading") == 1 and out.count("[sweep] held-out windows:") == 1, out[-3000:]
     assert "[spliced_loss] zero-ablated run: 1 of 1 batches reused" in out
+    # the records' 4 batches of windows are replayed to both SAEs; the metrics' held-out pass to the second too
+    replayed = [int(n) for n in re.findall(r"(\d+) held-out model passes replayed", out)]
+    assert len(replayed) == 2 and replayed[1] > replayed[0] >= 4, replayed
     job = read_json(tiny_sweep / "eval" / "sweep_evaluation.json")
     assert job["protocol"]["interp"]["n_features"] == 3 and job["protocol"]["explainer"].startswith("token_pattern")
     contexts = []
