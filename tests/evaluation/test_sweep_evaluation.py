@@ -60,7 +60,8 @@ def test_sweep_settings_fail_at_start_up(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, activation_cache_dir) -> Path:
     sweep = tmp_path_factory.mktemp("sweep-eval") / "multirun"
-    args = ["--multirun", *TINY, "logger=csv", "sae.dtype=float32", "trainer.eval_tokens=128", "sae.l1_coefficient=1e-3,1e-2"]
+    tiny = [a for a in TINY if not a.startswith("sae.tokens=")] + ["sae.tokens=25600"]  # 100 steps
+    args = ["--multirun", *tiny, "logger=csv", "sae.dtype=float32", "trainer.eval_tokens=128", "sae.l1_coefficient=1e-3,1e-2"]
     run_script("train.py", [*args, f"hydra.sweep.dir={sweep}"], activation_cache_dir, timeout=1800)
     return sweep
 
