@@ -109,12 +109,14 @@ def test_sweep_evaluation_one_protocol_shared_work(evaluated, tiny_sweep):
                 for r in u[group]:
                     seen.setdefault(r["context"], {})[r["start"]] = r["tokens"]
         contexts.append(seen)
-    # the same held-out windows: a context both SAEs drew from holds the same tokens
+    # the same held-out windows: where both SAEs drew records from one context, the tokens agree
     common = set(contexts[0]) & set(contexts[1])
     assert common
     for c in common:
         for start in set(contexts[0][c]) & set(contexts[1][c]):
-            assert contexts[0][c][start] == contexts[1][c][start]
+            a, b = contexts[0][c][start], contexts[1][c][start]  # a whole window, or a scored excerpt of it
+            n = min(len(a), len(b))
+            assert a[:n] == b[:n] and n >= 6
     assert records(runs[0])["units"] != records(runs[1])["units"]  # two SAEs, their own features
 
     report = build_report(tiny_sweep)
