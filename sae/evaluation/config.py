@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 
 from sae.core.checks import require
 from sae.formats.native import find_sae_dir
 
 STAGES = ("metrics", "interp", "all", "dashboard", "serve", "rubric_report")
+SWEEP_STAGES = ("metrics", "interp", "all")
 
 
 @dataclass
@@ -53,9 +54,15 @@ class MetricsConfig:
 
 @dataclass
 class EvaluateConfig:
-    sae_path: str = MISSING  # the SAE directory (sae.safetensors + cfg.json) or its training run directory
+    sae_path: Optional[str] = None  # the SAE directory (sae.safetensors + cfg.json) or its training run directory
+    # Instead of sae_path: every finished SAE of a sweep directory (multirun/<name>), in one job, under one
+    # unit-sampling protocol (sae/sweeps/evaluation.py); stage=metrics | interp | all.
+    sweep_dir: Optional[str] = None
     stage: str = "metrics"  # metrics | interp | all | dashboard | serve | rubric_report
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Other evaluation corpora, by name of a conf/data entry (or its alias), e.g. [wiki,mixed,shakespeare]:
+    # the held-out metrics on each, in eval/metrics_by_corpus.json and .md (metrics.json keeps the training data's).
+    eval_corpora: list[str] = field(default_factory=list)
     # Overrides of the training run's model / data / activations / logger settings.
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -73,17 +80,28 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         require(self.stage in STAGES, f"stage={self.stage!r}: choose one of {STAGES}.")
         require(
-            self.sae_path not in ("", "???"),
-            "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir>.",
+            self.sae_path not in (None, "", "???") or bool(self.sweep_dir),
+            "sae_path is missing: python evaluate.py sae_path=<training run dir or its sae/ dir> (or sweep_dir=<sweep dir>).",
         )
+        require(
+            not (self.sweep_dir and self.sae_path not in (None, "", "???")),
+            f"sae_path={self.sae_path} and sweep_dir={self.sweep_dir}: give one of them.",
+        )
+        if self.sweep_dir:
+            require(Path(self.sweep_dir).is_dir(), f"sweep_dir={self.sweep_dir} is not a directory: give a multirun directory.")
+            stages = SWEEP_STAGES
+            require(self.stage in stages, f"stage={self.stage!r} with sweep_dir: choose one of {stages} (one SAE at a time).")
         require(0 <= self.seed < 2**32, f"seed={self.seed} must be in [0, 2**32).")
 
 
-def default_eval_dir(sae_path: str) -> str:
+def default_eval_dir(sae_path: str | None, sweep_dir: str | None = None) -> str:
     """`<training run dir>/eval` (the run that holds `sae/`), else `<sae dir>/eval`: reruns reuse it.
+    With a sweep directory, `<sweep dir>/eval` (each SAE's results still go to its own run's `eval/`).
 
     A missing or wrong sae_path resolves to a scratch directory instead of failing here, inside Hydra's
     interpolation of its run directory: the evaluation itself then stops with a one-line error."""
+    if sweep_dir and not sae_path:
+        return str(Path(sweep_dir).resolve() / "eval")
     try:
         sae_dir = find_sae_dir(sae_path) if sae_path else None
     except FileNotFoundError:

@@ -4,12 +4,20 @@
     python -m sae.sweeps.report multirun/smoke --wandb    # ... and log them to W&B (group = the sweep)
 
 Runs that differ only by `sae.seed` form one setting: the report gives each setting's mean and
-95% interval (Student t over seeds) in both tables and as error bars on the plots. L0 and
-explained variance are the held-out values computed at the end of each run (`eval/*`), falling
-back to the last training batch's for runs made without them.
+95% interval (Student t over seeds) in both tables and as error bars on the plots.
 
-It reads what the runs left on disk (`summary.json`, `.hydra/config.yaml`, `plots/density.png`), so
-it works on any sweep directory, finished or not: runs without a summary are listed as unfinished.
+Each metric is read from the first of its sources (`METRIC_SOURCES`) that the run has: the evaluation's
+`eval/metrics.json` (evaluate.py: held-out text, e.g. 16,384 tokens for the reconstruction score), else
+the run's own `summary.json` (the held-out figures computed when training ended, `eval/*`, else the last
+training batch's); `report.csv` names the source of every value and `report.md` counts them.
+Interpretability (`eval/interp_summary.json`, evaluate.py stage=interp or sweep_dir=...): the mean
+Spearman score of the features over the primary split, its 95% bootstrap interval over features, and the
+wrong-explanation control. The report plots it against the reconstruction score and L0, and states the
+rank correlation between reconstruction score and interpretability across settings with a bootstrap
+95% interval (resampling settings): is the reconstruction score a proxy for interpretability?
+
+It reads what the runs left on disk (`summary.json`, `eval/`, `.hydra/config.yaml`, `plots/density.png`),
+so it works on any sweep directory, finished or not: runs without a summary are listed as unfinished.
 `SweepReport` is the Hydra callback (see `hydra.callbacks` in conf/train.yaml) that writes the same
 report when a `--multirun` ends.
 """
@@ -26,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
@@ -45,11 +54,33 @@ COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "seed": ("seed", "{}"),
     "L0": ("l0", "{:.1f}"),
     "recon. score": ("reconstruction_score", "{:.3f}"),
+    "KL score": ("kl_score", "{:.3f}"),
     "expl. var.": ("explained_variance", "{:.3f}"),
     "dead %": ("dead_pct", "{:.1f}"),
     "ultralow %": ("ultralow_pct", "{:.1f}"),
+    "interp. [95%]": ("interp_cell", "{}"),
+    "control": ("interp_control", "{:.3f}"),
     "status": ("status", "{}"),
 }
+OPTIONAL_MD = ("recon. score", "KL score", "interp. [95%]", "control")  # shown when some run has a value
+
+EVAL_METRICS = "eval/metrics.json"
+SUMMARY = "summary.json"
+INTERP_SUMMARY = "eval/interp_summary.json"
+# Row field -> (file, key) in order of preference: the evaluation's held-out figures first, then the run's own.
+METRIC_SOURCES: dict[str, list[tuple[str, str]]] = {
+    "l0": [(EVAL_METRICS, "l0"), (SUMMARY, "eval/l0"), (SUMMARY, "train/l0")],
+    "reconstruction_score": [(EVAL_METRICS, "reconstruction_score"), (SUMMARY, "eval/reconstruction_score")],
+    "kl_score": [(EVAL_METRICS, "kl_score"), (SUMMARY, "eval/kl_score")],
+    "explained_variance": [
+        (EVAL_METRICS, "explained_variance"),
+        (SUMMARY, "eval/explained_variance"),
+        (SUMMARY, "train/explained_variance"),
+    ],
+    "dead_pct": [(EVAL_METRICS, "dead_fraction"), (SUMMARY, "density/dead_fraction")],
+    "ultralow_pct": [(EVAL_METRICS, "ultralow_fraction"), (SUMMARY, "density/ultralow_fraction")],
+}
+PERCENT = ("dead_pct", "ultralow_pct")  # read as fractions
 
 
 @dataclass
@@ -71,19 +102,50 @@ class RunRow:
     steps: Optional[int] = None
     l0: Optional[float] = None
     reconstruction_score: Optional[float] = None
+    kl_score: Optional[float] = None
     explained_variance: Optional[float] = None
     dead_pct: Optional[float] = None
     ultralow_pct: Optional[float] = None
+    # Interpretability (eval/interp_summary.json): mean Spearman over features (primary split), its 95%
+    # bootstrap interval over features, and the same features scored with other features' explanations.
+    interp: Optional[float] = None
+    interp_ci_low: Optional[float] = None
+    interp_ci_high: Optional[float] = None
+    interp_control: Optional[float] = None
+    interp_n_units: Optional[int] = None
+    interp_method: Optional[str] = None
+    interp_split: Optional[str] = None
+    # Where each metric was read: "<file>:<key>" (METRIC_SOURCES).
+    l0_source: Optional[str] = None
+    reconstruction_score_source: Optional[str] = None
+    kl_score_source: Optional[str] = None
+    explained_variance_source: Optional[str] = None
+    dead_pct_source: Optional[str] = None
+    ultralow_pct_source: Optional[str] = None
     # The run's setting over its finished seeds: count, mean and 95% interval half-width per metric.
     n_seeds: Optional[int] = None
     l0_mean: Optional[float] = None
     l0_ci95: Optional[float] = None
     reconstruction_score_mean: Optional[float] = None
     reconstruction_score_ci95: Optional[float] = None
+    kl_score_mean: Optional[float] = None
+    kl_score_ci95: Optional[float] = None
     explained_variance_mean: Optional[float] = None
     explained_variance_ci95: Optional[float] = None
     dead_pct_mean: Optional[float] = None
     dead_pct_ci95: Optional[float] = None
+    interp_mean: Optional[float] = None
+    interp_ci95: Optional[float] = None
+    interp_control_mean: Optional[float] = None
+    interp_control_ci95: Optional[float] = None
+
+    @property
+    def interp_cell(self) -> Optional[str]:
+        if self.interp is None:
+            return None
+        if self.interp_ci_low is None or self.interp_ci_high is None:
+            return f"{self.interp:.3f}"
+        return f"{self.interp:.3f} [{self.interp_ci_low:.2f}, {self.interp_ci_high:.2f}]"
 
     @property
     def family(self) -> str:
@@ -91,7 +153,7 @@ class RunRow:
         return str(self.recipe or self.architecture or "sae")
 
 
-AGGREGATED = ("l0", "reconstruction_score", "explained_variance", "dead_pct")
+AGGREGATED = ("l0", "reconstruction_score", "kl_score", "explained_variance", "dead_pct", "interp", "interp_control")
 
 
 @dataclass
@@ -149,7 +211,7 @@ def aggregate(rows: list[RunRow]) -> list[Setting]:
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     """Every job directory under the sweep: one with Hydra's `.hydra/` record or a `summary.json`."""
-    skip = {".submitit", ".groups", "wandb", "plots", "checkpoints", "sae"}
+    skip = {".submitit", ".groups", "wandb", "plots", "checkpoints", "sae", "eval"}  # eval/: evaluate.py's records
     found = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
     found |= {p.parent for p in sweep_dir.rglob("summary.json")}
     return sorted(d for d in found if d != sweep_dir and not skip & set(d.relative_to(sweep_dir).parts))
@@ -178,14 +240,39 @@ def _run_config(run_dir: Path) -> dict:
     return {}
 
 
-def _find_metric(summary: dict, name: str) -> Optional[float]:
-    """`name` as logged under any prefix, the held-out `eval/` value first (eval/l0, else train/l0)."""
-    if isinstance(summary.get(f"eval/{name}"), (int, float)):
-        return float(summary[f"eval/{name}"])
-    for key, value in summary.items():
-        if (key == name or key.endswith("/" + name)) and isinstance(value, (int, float)):
-            return float(value)
-    return None
+def read_metric(files: dict[str, dict], field: str) -> tuple[Optional[float], Optional[str]]:
+    """`field`'s value from the first of its METRIC_SOURCES present, and that source as "<file>:<key>"."""
+    for file, key in METRIC_SOURCES[field]:
+        value = files.get(file, {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return (100.0 * value if field in PERCENT else float(value)), f"{file}:{key}"
+    return None, None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_interp(run_dir: Path) -> dict[str, Any]:
+    """The interpretability fields of a run's row, from eval/interp_summary.json (features); {} without one."""
+    summary = _read_json(run_dir / INTERP_SUMMARY).get("features")
+    if not isinstance(summary, dict) or not isinstance(summary.get("spearman"), dict):
+        return {}
+    own, control = summary["spearman"], summary.get("control_spearman") or {}
+    ci = own.get("ci95") or [None, None]
+    return {
+        "interp": own.get("mean"),
+        "interp_ci_low": ci[0],
+        "interp_ci_high": ci[1],
+        "interp_control": control.get("mean"),
+        "interp_n_units": own.get("n_units"),
+        "interp_method": summary.get("primary_method"),
+        "interp_split": summary.get("split"),
+    }
 
 
 def _plain(value: Any, kind: type) -> Any:
@@ -198,10 +285,12 @@ def _plain(value: Any, kind: type) -> Any:
 def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
     cfg = _run_config(run_dir)
     sae = cfg.get("sae", {}) if isinstance(cfg.get("sae"), dict) else {}
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _read_json(run_dir / SUMMARY)
     finished = bool(summary) and (run_dir / "sae" / "sae.safetensors").exists()
-    pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
+    files = {SUMMARY: summary, EVAL_METRICS: _read_json(run_dir / EVAL_METRICS)}
+    metrics = {}
+    for field in METRIC_SOURCES:
+        metrics[field], metrics[f"{field}_source"] = read_metric(files, field)
     return RunRow(
         run=str(summary.get("run_name") or run_dir.name),
         path=str(run_dir.relative_to(sweep_dir)),
@@ -216,11 +305,8 @@ def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
         seed=_plain(sae.get("seed"), int),
         setting=_setting_of(run_dir, cfg),
         steps=_plain(summary.get("steps"), int),
-        l0=_find_metric(summary, "l0"),
-        reconstruction_score=_find_metric(summary, "reconstruction_score"),
-        explained_variance=_find_metric(summary, "explained_variance"),
-        dead_pct=pct(_find_metric(summary, "dead_fraction")),
-        ultralow_pct=pct(_find_metric(summary, "ultralow_fraction")),
+        **metrics,
+        **read_interp(run_dir),
     )
 
 
@@ -241,10 +327,8 @@ def write_csv(rows: list[RunRow], path: Path) -> Path:
 
 
 def markdown_table(rows: list[RunRow]) -> str:
-    """The report table; the reconstruction-score column only when some run has one."""
-    columns = {
-        k: v for k, v in COLUMNS_MD.items() if k != "recon. score" or any(r.reconstruction_score is not None for r in rows)
-    }
+    """The report table; the score and interpretability columns only when some run has them."""
+    columns = {k: v for k, v in COLUMNS_MD.items() if k not in OPTIONAL_MD or any(getattr(r, v[0]) is not None for r in rows)}
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
@@ -266,14 +350,90 @@ def seeds_table(settings: list[Setting]) -> str:
             return "–"
         return fmt.format(s.mean[metric]) + ("" if s.ci95[metric] is None else " ± " + fmt.format(s.ci95[metric]))
 
-    lines = ["| setting | seeds | L0 | recon. score | expl. var. | dead % |", "|---|---|---|---|---|---|"]
+    extra = [(name, key) for name, key in SEED_EXTRA if any(s.mean[key] is not None for s in multi)]
+    header = ["setting", "seeds", "L0", "recon. score", "expl. var.", "dead %", *(name for name, _ in extra)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in sorted(multi, key=lambda s: s.label):
         seeds = ",".join(str(r.seed) for r in sorted(s.members, key=lambda r: r.seed if r.seed is not None else -1))
+        more = "".join(f" {cell(s, key, '{:.3f}')} |" for _, key in extra)
         lines.append(
             f"| {s.label} | {seeds} | {cell(s, 'l0', '{:.1f}')} | {cell(s, 'reconstruction_score', '{:.3f}')} | "
-            f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |"
+            f"{cell(s, 'explained_variance', '{:.3f}')} | {cell(s, 'dead_pct', '{:.1f}')} |{more}"
         )
     return "\n".join(lines)
+
+
+SEED_EXTRA = (("KL score", "kl_score"), ("interp.", "interp"), ("control", "interp_control"))
+
+
+def rank_correlation(x: list[float], y: list[float], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Spearman's rank correlation of paired values, with a percentile bootstrap 95% interval that resamples
+    the pairs (resamples whose x or y are all tied are left out). None where fewer than 3 pairs."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(xa)
+    if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return {"spearman": None, "ci95": [None, None], "n": n, "resamples": 0}
+    rho = float(stats.spearmanr(xa, ya).statistic)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    rx, ry = stats.rankdata(xa[idx], axis=1), stats.rankdata(ya[idx], axis=1)
+    rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    denom = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
+    ok = denom > 0
+    boot = (rx * ry).sum(axis=1)[ok] / denom[ok]
+    low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
+    return {"spearman": rho, "ci95": [float(low), float(high)], "n": n, "resamples": int(ok.sum())}
+
+
+def interp_correlations(settings: list[Setting]) -> dict[str, dict[str, Any]]:
+    """Across settings (seeds averaged): rank correlation of interpretability with the reconstruction score and
+    with L0."""
+    out = {}
+    for key in ("reconstruction_score", "l0"):
+        pairs = [(s.mean[key], s.mean["interp"]) for s in settings if s.mean[key] is not None and s.mean["interp"] is not None]
+        out[key] = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
+
+
+def interp_section(rows: list[RunRow], settings: list[Setting]) -> list[str]:
+    """report.md's interpretability section: the protocol read, and the rank correlations."""
+    scored = [r for r in rows if r.interp is not None]
+    if not scored:
+        return []
+    methods = sorted({f"{r.interp_method}, split {r.interp_split}" for r in scored})
+    parts = [
+        "## Interpretability",
+        "",
+        f"{len(scored)} runs scored (`{INTERP_SUMMARY}`: {'; '.join(methods)}). Interpretability = mean Spearman "
+        "correlation of simulated with true activations over the scored features, with its 95% bootstrap interval "
+        "over features; control = the same features scored with other features' explanations.",
+        "",
+    ]
+    names = {"reconstruction_score": "reconstruction score", "l0": "L0"}
+    for key, result in interp_correlations(settings).items():
+        if result["spearman"] is None:
+            parts.append(f"- Rank correlation of {names[key]} and interpretability: too few settings ({result['n']}; needs 3).")
+        else:
+            low, high = result["ci95"]
+            parts.append(
+                f"- Rank correlation (Spearman) of {names[key]} and interpretability across {result['n']} settings: "
+                f"**{result['spearman']:.2f}**, 95% bootstrap interval [{low:.2f}, {high:.2f}] "
+                f"({result['resamples']:,} resamples of the settings)."
+            )
+    return [*parts, ""]
+
+
+def sources_section(rows: list[RunRow]) -> list[str]:
+    """Which file and key each column was read from, with how many runs each."""
+    lines = ["## Sources", ""]
+    for field in METRIC_SOURCES:
+        counts: dict[str, int] = {}
+        for r in rows:
+            source = getattr(r, f"{field}_source")
+            if source:
+                counts[source] = counts.get(source, 0) + 1
+        if counts:
+            lines.append(f"- {field}: " + ", ".join(f"`{src}` ({n} runs)" for src, n in sorted(counts.items())))
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 @dataclass
@@ -283,6 +443,7 @@ class Report:
     csv: Path
     markdown: Path
     plots: dict[str, Path]
+    correlations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # interp_correlations
 
 
 def _sweep_name(sweep_dir: Path) -> str:
@@ -322,10 +483,12 @@ def build_report(sweep_dir: str | Path) -> Report:
             across,
             "",
         ]
+    parts += interp_section(rows, settings)
+    parts += sources_section(rows)
     parts += [f"![{name}]({path.relative_to(sweep_dir)})\n" for name, path in plots.items()]
     md_path = sweep_dir / "report.md"
     md_path.write_text("\n".join(parts))
-    return Report(sweep_dir, rows, csv_path, md_path, plots)
+    return Report(sweep_dir, rows, csv_path, md_path, plots, interp_correlations(settings))
 
 
 def log_to_wandb(report: Report, logger_cfg: dict) -> None:

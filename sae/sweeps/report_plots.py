@@ -4,6 +4,8 @@ by side. Runs that differ only by seed are one point: their mean, with a 95% err
 
 The frontier uses the reconstruction score (spliced-in CE) when the runs have it and falls back to
 explained variance, so a sweep whose runs skipped the language-model evaluation still gets one.
+With interpretability scores: interpretability against the reconstruction score and against L0, one point
+per setting labelled by its knobs, with the wrong-explanation control beside it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from sae.training.identity import number
 METRICS = [
     ("l0", "L0"),
     ("reconstruction_score", "reconstruction score"),
+    ("kl_score", "KL score"),
     ("explained_variance", "explained variance"),
     ("dead_pct", "dead features %"),
     ("ultralow_pct", "ultralow features %"),
+    ("interp", "interpretability"),
 ]
 
 
@@ -161,6 +165,65 @@ def _last_density_png(plots: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def _interp_error(setting) -> tuple[float, float]:
+    """(below, above) the mean: the t-interval over seeds, or one run's bootstrap interval over features."""
+    if setting.n > 1:
+        half = setting.ci95.get("interp") or 0.0
+        return half, half
+    low, high, mean = setting.interp_ci_low, setting.interp_ci_high, setting.mean["interp"]
+    if low is None or high is None:
+        return 0.0, 0.0
+    return max(mean - low, 0.0), max(high - mean, 0.0)
+
+
+def plot_interp_vs(rows, settings, key: str, xlabel: str, path: Path) -> Path | None:
+    """Interpretability (mean Spearman, primary split) against `key`: a point per setting with 95% error bars
+    (x: over seeds; y: over seeds, or over features for one seed), and the control as hollow grey points."""
+    pts = [s for s in settings if s.mean.get(key) is not None and s.mean.get("interp") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    errors = [_interp_error(s) for s in pts]
+    ax.errorbar(
+        [s.mean[key] for s in pts],
+        [s.mean["interp"] for s in pts],
+        xerr=[s.ci95.get(key) or 0 for s in pts],
+        yerr=[[e[0] for e in errors], [e[1] for e in errors]],
+        fmt="o",
+        color="tab:blue",
+        capsize=3,
+        label="own explanation",
+        zorder=3,
+    )
+    control = [s for s in pts if s.mean.get("interp_control") is not None]
+    if control:
+        ax.scatter(
+            [s.mean[key] for s in control],
+            [s.mean["interp_control"] for s in control],
+            facecolors="none",
+            edgecolors="grey",
+            label="control (another feature's explanation)",
+            zorder=2,
+        )
+    for s in pts:
+        text = _label(s, with_lr=True)  # expansion, L1 (or k) and lr
+        ax.annotate(
+            text + (f" (n={s.n})" if s.n > 1 else ""),
+            (s.mean[key], s.mean["interp"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    if key == "l0" and max(s.mean[key] for s in pts) / max(min(s.mean[key] for s in pts), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("interpretability (mean Spearman)")
+    ax.set_title(f"interpretability vs {xlabel.split(' (')[0]}", fontsize=10)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path, dpi=100)
+
+
 def write_plots(rows, settings, sweep_dir: Path, out_dir: Path) -> dict[str, Path]:
     """The plots that the rows can support (e.g. no tokens plot when one budget was used)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,5 +232,9 @@ def write_plots(rows, settings, sweep_dir: Path, out_dir: Path) -> dict[str, Pat
         "vs_expansion": plot_metrics_vs(rows, settings, "expansion", out_dir / "metrics_vs_expansion.png"),
         "vs_tokens": plot_metrics_vs(rows, settings, "tokens", out_dir / "metrics_vs_tokens.png"),
         "density": plot_density_grid(rows, sweep_dir, out_dir / "density_histograms.png"),
+        "interp_vs_reconstruction": plot_interp_vs(
+            rows, settings, "reconstruction_score", "reconstruction score (CE recovered)", out_dir / "interp_vs_recon.png"
+        ),
+        "interp_vs_l0": plot_interp_vs(rows, settings, "l0", "L0 (active features per token)", out_dir / "interp_vs_l0.png"),
     }
     return {k: v for k, v in made.items() if v is not None}

