@@ -238,7 +238,7 @@ window.DASH = (function () {
       h("section", { class: "grid" },
         h("div", {}, h("h3", {}, "Logit weights"), u.logits ? h("div", { class: "note" }, S.summary.norm_note) : null,
           u.logits ? h("div", { class: "grid" }, tokenTable("logit-promoted", "promoted", u.logits.promoted, "weight"), tokenTable("logit-suppressed", "suppressed", u.logits.suppressed, "weight"))
-            : h("p", { class: "note", id: "logits-unavailable" }, `not available: ${S.summary.hook || "this hook"} is not the residual stream (nor added straight into it), so a unit's direction there has no direct path to the logits; the ablation below shows its effect through the rest of the model`)),
+            : h("p", { class: "note", id: "logits-unavailable" }, `not available: ${S.summary.hook || "this hook"} is not the residual stream (nor added straight into it), so a unit's direction there has no direct path to the logits`)),
         h("div", {}, h("h3", {}, "Ablation"), ab ? [h("div", { class: "note" }, `over ${ab.positions} firing positions: next-token loss ${fmt(ab.loss_base, 4)} → ${fmt(ab.loss_ablated, 4)} without it (Δ ${fmt(ab.delta_loss, 3)}); mean change of log-probability`),
           h("div", { class: "grid" }, tokenTable("ablation-promoted", "made more likely", ab.promoted, "Δ log p"), tokenTable("ablation-suppressed", "made less likely", ab.suppressed, "Δ log p"))]
           : h("p", { class: "note" }, "not computed for this unit"))),
