@@ -8,6 +8,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from sae.core.checks import require
+from sae.dashboard.guards import split_host
 
 UNIT_KINDS = ("features", "neurons")
 
@@ -42,6 +43,9 @@ class DashboardConfig:
     blind_per_kind: int = 20
     host: str = "127.0.0.1"
     port: int = 8765
+    # Other names the browser may use for the server ("name" or "name:port", e.g. the local end of an
+    # SSH tunnel on another port); requests for any other Host are refused (DNS rebinding).
+    allowed_hosts: list[str] = field(default_factory=list)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +53,7 @@ class DashboardConfig:
         require(bool(units) and all(u in UNIT_KINDS for u in units), f"dashboard.units={units}: choose from {UNIT_KINDS}.")
         self.units = units
         self.steering_prompts = list(self.steering_prompts)
+        self.allowed_hosts = [self.allowed_hosts] if isinstance(self.allowed_hosts, str) else list(self.allowed_hosts)
         require(self.window >= 4, f"dashboard.window={self.window} must be >= 4.")
         for name in (
             "n_contexts",
@@ -80,6 +85,8 @@ class DashboardConfig:
             bool(self.steering_prompts) and all(isinstance(p, str) and p for p in self.steering_prompts),
             "dashboard.steering_prompts must be a non-empty list of non-empty strings.",
         )
+        bad = [h for h in self.allowed_hosts if not isinstance(h, str) or split_host(h) is None]
+        require(not bad, f"dashboard.allowed_hosts: {bad} are not host names or addresses (optionally with :port).")
         require(0 <= self.port <= 65535, f"dashboard.port={self.port} must be in 0..65535 (0 = any free port).")
 
 

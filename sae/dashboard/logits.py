@@ -9,6 +9,7 @@ path through later layers is ignored too (this is the direct effect only).
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -18,6 +19,33 @@ NORM_NOTE = (
     "division by the residual norm is ignored (a positive factor per position: it rescales logits "
     "without reordering them); later layers are ignored."
 )
+
+# Hook sites (inside a block) that are the residual stream or are added straight into it. A direction
+# anywhere else (the MLP's neurons, attention internals, a norm's output) has no direct path to the
+# unembedding: it reaches the logits only through the computation after it.
+RESIDUAL_SITES = frozenset(
+    {
+        "hook_resid_pre",
+        "hook_resid_mid",
+        "hook_resid_post",
+        "hook_in",
+        "hook_out",
+        "hook_mlp_out",
+        "hook_attn_out",
+        "mlp.hook_out",
+        "attn.hook_out",
+        "mlp.out.hook_out",
+        "attn.o.hook_out",
+        "ln1.hook_in",
+        "ln2.hook_in",
+    }
+)
+
+
+def direct_path(hook: str, width: int, d_model: int) -> bool:
+    """Whether a unit's direction at `hook` (a full name such as blocks.3.hook_mlp_out) has a direct
+    path to the logits: the hook is the residual stream or is added into it, and is d_model wide."""
+    return width == d_model and re.sub(r"^blocks\.\d+\.", "", hook) in RESIDUAL_SITES
 
 
 def final_norm_scale(bridge) -> Optional[torch.Tensor]:

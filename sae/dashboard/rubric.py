@@ -12,6 +12,7 @@ import json
 import math
 import sqlite3
 import time
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -86,29 +87,42 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def shorten(value, limit: int = 40) -> str:
+    """A value as it appears in an error message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_rater(value) -> str:
+    """The rater's name, stripped: non-empty text of at most MAX_RATER characters, no control characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_RATER:
+        raise RatingError(f"rater must be a non-empty name of at most {MAX_RATER} characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise RatingError("rater must be a name without control characters (such as NUL or a newline)")
+    return value.strip()
+
+
 def validate(body: dict, n_units: dict[str, int]) -> dict:
     """The rating's fields, checked: rater, kind, unit (exists), four integer scores 0-5, note."""
     if not isinstance(body, dict):
         raise RatingError("the body must be a JSON object")
-    rater = body.get("rater")
-    if not isinstance(rater, str) or not rater.strip() or len(rater) > MAX_RATER:
-        raise RatingError(f"rater must be a non-empty name of at most {MAX_RATER} characters")
+    rater = check_rater(body.get("rater"))
     kind, unit = body.get("kind"), body.get("unit")
-    if kind not in n_units:
-        raise RatingError(f"kind={kind!r}: choose one of {sorted(n_units)}")
+    if not isinstance(kind, str) or kind not in n_units:
+        raise RatingError(f"kind={shorten(kind)}: choose one of {sorted(n_units)}")
     if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < n_units[kind]:
-        raise RatingError(f"unit={unit!r}: {kind} are numbered 0..{n_units[kind] - 1}")
+        raise RatingError(f"unit={shorten(unit)}: {kind} are numbered 0..{n_units[kind] - 1}")
     scores = body.get("scores")
     if not isinstance(scores, dict) or set(scores) != set(CRITERIA):
         raise RatingError(f"scores must give exactly {list(CRITERIA)}")
     for name in CRITERIA:
         v = scores[name]
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SCORE:
-            raise RatingError(f"scores.{name}={v!r}: an integer 0..{MAX_SCORE}")
+            raise RatingError(f"scores.{name}={shorten(v)}: an integer 0..{MAX_SCORE}")
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise RatingError(f"note must be text of at most {MAX_NOTE} characters")
-    return {"rater": rater.strip(), "kind": kind, "unit": unit, "note": note, **{c: scores[c] for c in CRITERIA}}
+    return {"rater": rater, "kind": kind, "unit": unit, "note": note, **{c: scores[c] for c in CRITERIA}}
 
 
 def insert(db: sqlite3.Connection, rating: dict, sae: str, blind: bool = False) -> int:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sae.dashboard import data
 from sae.dashboard.config import DashboardConfig
-from sae.dashboard.logits import final_norm_scale, logit_weights, unembedding
+from sae.dashboard.logits import direct_path, final_norm_scale, logit_weights, unembedding
 from sae.dashboard.rubric import report
 from sae.dashboard.server import DashboardServer, SiteData, serve
 from sae.dashboard.site import write_site
@@ -55,6 +55,17 @@ def run_stage(name: str, job) -> dict:
     return run(settings, job.sae_dir, job.eval_dir, job.run, sae=job.sae)
 
 
+def unit_logits(space: UnitSpace, w_u, gamma, k: int, direct: bool):
+    """Logit weights of a list of units, or None for each where the hook has no direct path to the
+    logits (logits.direct_path) or the unit has no direction in the residual stream's space."""
+
+    def weights(units: list[int]) -> list:
+        directions = space.directions(units, w_u.shape[0]) if direct else None
+        return [None] * len(units) if directions is None else logit_weights(directions, w_u, gamma, k)
+
+    return weights
+
+
 def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None) -> dict:
     s = Session(sae_dir, eval_dir, run, cfg, sae)
     store = data.DashboardStore(s.root, data.identity(cfg, s.sae_id, s.hook, run.data))
@@ -62,15 +73,12 @@ def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=
     bos = bos_token_id(bridge)
     token_ids, acts = data.heldout_pass(store, s.bridge, s.hook, run.model.layer, run.data, cfg, bos)
     w_u, gamma = unembedding(bridge), final_norm_scale(bridge)
+    direct = direct_path(s.hook, acts.shape[-1], w_u.shape[0])
     indices = {}
     for kind in cfg.units:
         space = s.space(kind, acts.shape[-1])
-
-        def logits_fn(units, space=space):
-            directions = space.directions(units, w_u.shape[0])
-            return [None] * len(units) if directions is None else logit_weights(directions, w_u, gamma, cfg.n_logits)
-
-        indices[kind] = data.build_units(space, token_ids, acts, bos, cfg, store, logits_fn)
+        logits = unit_logits(space, w_u, gamma, cfg.n_logits, direct)
+        indices[kind] = data.build_units(space, token_ids, acts, bos, cfg, store, logits)
         data.build_ablations(space, bridge, s.hook, token_ids, acts, bos, cfg, store, indices[kind])
         data.build_steering(space, bridge, s.hook, bos, cfg, store, indices[kind])
     metrics_path = eval_dir / "metrics.json"
@@ -78,6 +86,7 @@ def run_dashboard(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=
     summary = {
         "sae_path": str(sae_dir),
         "hook": s.hook,
+        "direct_logits": direct,
         "model": run.model.name,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
     }
@@ -117,7 +126,14 @@ def steerer(session: Session, cfg: DashboardConfig):
 def run_serve(cfg: DashboardConfig, sae_dir: Path, eval_dir: Path, run, sae=None) -> dict:
     s = Session(sae_dir, eval_dir, run, cfg, sae)
     server = DashboardServer(
-        s.site, s.db, cfg.host, cfg.port, steerer=steerer(s, cfg), blind_per_kind=cfg.blind_per_kind, seed=cfg.seed
+        s.site,
+        s.db,
+        cfg.host,
+        cfg.port,
+        steerer=steerer(s, cfg),
+        blind_per_kind=cfg.blind_per_kind,
+        seed=cfg.seed,
+        allowed_hosts=tuple(cfg.allowed_hosts),
     )
     serve(server)
     return {"url": server.url}

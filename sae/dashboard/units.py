@@ -48,13 +48,15 @@ class UnitSpace:
     @torch.no_grad()
     def directions(self, units: list[int], d_model: int) -> Optional[torch.Tensor]:
         """What one unit of activation adds to the hooked activation: decode(e_u) - decode(0) for a
-        feature (its decoder row in the model's units), the basis vector for a neuron. None when a
-        neuron's hook is not in the residual stream's space (its width is not d_model)."""
+        feature (its decoder row in the model's units), the basis vector for a neuron. None when the
+        hooked activation is not d_model wide (it cannot be the residual stream's space)."""
         if self.kind == "neurons":
             if self.n_units != d_model:
                 return None
             return torch.eye(d_model)[units]
         p = self._param()
+        if p.shape[-1] != d_model:
+            return None
         basis = torch.zeros(len(units), self.n_units, device=p.device, dtype=p.dtype)
         basis[torch.arange(len(units)), torch.tensor(units)] = 1.0
         zero = self.sae.decode(torch.zeros(1, self.n_units, device=p.device, dtype=p.dtype))

@@ -4,6 +4,7 @@ writer are real; the activations are random, so no language model runs here)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -148,3 +149,134 @@ def test_index_feature_page_and_blind_rating(site, server, browser):
     db.close()
 
     assert errors == []
+
+
+# ---------------------------------------------------------------- hostile data renders as text
+
+PAYLOADS = [
+    "<img src=x onerror=\"window.__pwned='img'\">",
+    '"><svg onload="window.__pwned=\'svg\'"></svg>',
+    "<script>window.__pwned='script'</script>",
+    '" onmouseover="window.__pwned=\'attr\'" x="',
+    "<iframe src=\"javascript:top.__pwned='iframe'\"></iframe>",
+    "</script><script>window.__pwned='breakout'</script>",
+    "<img src=x onerror=alert(1)>",
+]
+HOSTILE_HOOK = "blocks.3.mlp.hook_post"
+
+
+def rewrite(path: Path, fn: str, edit) -> None:
+    """Edit a data file the site writer wrote (DASH.fn(args...)), writing it back the same way."""
+    from sae.dashboard.site import js_call, parse_js_call
+
+    args = parse_js_call(path.read_text())
+    edit(args)
+    path.write_text(js_call(fn, *args))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A synthetic site whose token strings, explanation, sampled text and summary are markup and
+    script payloads; one unit without logit weights (its hook has no direct path)."""
+    root = tmp_path_factory.mktemp("hostile-site")
+    site_dir, indices, cfg, _ = write_synthetic_site(root, n_features=64, d=16, n_contexts=30, part_units=64)
+    data = site_dir / "data"
+    ix = indices["features"]
+    unit = max(range(64), key=lambda u: (ix["fired_contexts"][u], -u))
+    plain = next(u for u in range(64) if u != unit and ix["density"][u] > 0)
+    chunk = {}
+
+    def edit_chunk(args):
+        page = args[2][unit]
+        tokens = sorted({t for r in page["records"] for t in r["tokens"]} | set(ix["top_tokens"][unit]))
+        chunk["tokens"] = tokens
+        page["interp"] = {"explanation": PAYLOADS[0], "method": PAYLOADS[1], "split": "top_and_random", "spearman": 0.5}
+        page["steering"] = {
+            "multiple": 5,
+            "value": 1.0,
+            "samples": [{"prompt": p, "unclamped": p, "pinned": p} for p in PAYLOADS],
+        }
+        page["logits"] = {"promoted": [[t, 1.0] for t in tokens[:5]], "suppressed": [[t, -1.0] for t in tokens[5:10]]}
+        args[2][plain]["logits"] = None
+
+    rewrite(data / "features" / "chunk_0000.js", "chunk", edit_chunk)
+    rewrite(
+        data / "vocab.js",
+        "vocab",
+        lambda a: a[0].update({str(t): PAYLOADS[i % len(PAYLOADS)] for i, t in enumerate(chunk["tokens"])}),
+    )
+    rewrite(data / "features" / "index.js", "index", lambda a: a[1]["explanation"].update({str(unit): PAYLOADS[0]}))
+
+    def edit_summary(args):
+        args[0].update({"sae_path": PAYLOADS[2], "hook": HOSTILE_HOOK})
+        args[0]["metrics"][PAYLOADS[3]] = 1.0
+
+    rewrite(data / "summary.js", "summary", edit_summary)
+    from sae.dashboard.server import DashboardServer
+
+    srv = DashboardServer(site_dir, root / "ratings.sqlite", "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, site_dir, unit, plain
+    srv.shutdown()
+    srv.server_close()
+
+
+INJECTION_PROBE = """() => ({
+  pwned: window.__pwned === undefined ? null : String(window.__pwned),
+  injected: [...document.querySelectorAll("img, iframe, object, embed, [onerror], [onload], [onmouseover], [onclick], [srcdoc]")]
+    .map((e) => e.outerHTML.slice(0, 120)),
+  scripts: [...document.scripts].map((s) => s.getAttribute("src")),
+  inSvg: [...document.querySelectorAll("svg *")].map((e) => e.tagName).filter((t) => !["rect", "text", "title"].includes(t)),
+})"""
+
+
+def assert_nothing_ran(page, dialogs):
+    probe = page.evaluate(INJECTION_PROBE)
+    assert probe["pwned"] is None and dialogs == []
+    assert probe["injected"] == [] and probe["inSvg"] == []
+    assert all(s == "app.js" or (s or "").startswith("data/") for s in probe["scripts"]), probe["scripts"]
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["server", "file"])
+def test_hostile_tokens_and_explanations_render_as_text(hostile, browser, served):
+    srv, site_dir, unit, plain = hostile
+    base = srv.url if served else (site_dir / "index.html").as_uri()
+    page = browser.new_page()
+    errors = watch_errors(page)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    page.goto(base + "#/k/features")
+    page.wait_for_selector("body[data-ready=index] #units-table tbody tr")
+    assert PAYLOADS[2] in page.inner_text("main .note")  # the SAE path, as text
+    assert PAYLOADS[3] in page.inner_text("#metrics")
+    page.fill("#filter", "onerror")  # the explanation and the token strings are searchable text
+    row = page.wait_for_selector(f"#units-table tr[data-unit='{unit}']")
+    text = row.inner_text()
+    assert PAYLOADS[0] in text and any(p in text for p in PAYLOADS[1:])
+    row.hover()
+    page.hover(f"#units-table tr[data-unit='{unit}'] .tokcell")
+    assert_nothing_ran(page, dialogs)
+
+    page.goto(base + f"#/u/features/{unit}")
+    page.wait_for_selector("body[data-ready=unit]")
+    assert page.inner_text("#explanation").startswith("Explanation: " + PAYLOADS[0])
+    assert PAYLOADS[1] in page.inner_text("#explanation")
+    shown = page.eval_on_selector_all("#top-contexts .tok", "els => els.map(e => [e.textContent, e.title])")
+    assert {t for t, _ in shown} <= set(PAYLOADS) and len({t for t, _ in shown}) > 1
+    assert all(title.startswith(json.dumps(t, ensure_ascii=False)) for t, title in shown)
+    for i in range(min(5, len(shown))):
+        page.hover(f"#top-contexts .tok >> nth={i}")
+    assert set(page.eval_on_selector_all("#logit-promoted .tokcell", "els => els.map(e => e.textContent)")) <= set(PAYLOADS)
+    assert all(p in page.inner_text("#steering") for p in PAYLOADS)
+    assert_nothing_ran(page, dialogs)
+
+    # a unit without logit weights says why, naming the hook
+    page.goto(base + f"#/u/features/{plain}")
+    page.wait_for_selector(f"body[data-ready=unit] h2:has-text('Feature {plain}')")
+    note = page.inner_text("#logits-unavailable")
+    assert note.startswith("not available") and HOSTILE_HOOK in note
+    assert page.query_selector("#logit-promoted") is None
+    assert_nothing_ran(page, dialogs)
+    assert errors == []
+    page.close()

@@ -1,5 +1,6 @@
 """The rating server on a real socket (127.0.0.1, an ephemeral port): only the site's files, every
-rating validated with a clear 4xx, committed before the answer; blind mode hides the unit."""
+rating validated with a clear 4xx, committed before the answer; blind mode hides the unit and its
+queue is drawn by a POST (a GET never writes); ratings never wait for sampling."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def served(tmp_path_factory):
     srv.server_close()
 
 
-def request(srv, method: str, path: str, body=None, headers=None):
+def request(srv, method: str, path: str, body=None, headers=None, timeout: float = 30):
     host, port = srv.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
     hdrs = {"Content-Type": "application/json"} if data is not None else {}
     conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
@@ -130,17 +131,29 @@ def test_wrong_content_type_and_unknown_endpoints(served):
     assert status == 400 and "no model" in json.loads(payload)["error"]
 
 
+def queue_rows(root, rater):
+    db = sqlite3.connect(root / "ratings.sqlite")
+    try:
+        return db.execute("SELECT kind, unit FROM blind_queue WHERE rater=? ORDER BY position", (rater,)).fetchall()
+    finally:
+        db.close()
+
+
 def test_blind_queue_hides_identity_until_saved(served):
     srv, root, indices = served
+    # reading the next unit never writes: without a queue it is a 404 that says how to start one
     status, payload = request(srv, "GET", "/api/blind/next?rater=bea")
+    assert status == 404 and "POST /api/blind/start" in json.loads(payload)["error"]
+    assert queue_rows(root, "bea") == []
+    status, payload = request(srv, "POST", "/api/blind/start", {"rater": "bea"})
     first = json.loads(payload)
     assert status == 200 and first["total"] == 4 and first["position"] == 0
     assert "unit" not in first["page"] and "records" in first["page"]
-    # the same queue on a second request (nothing rated yet)
+    queue = queue_rows(root, "bea")
+    # the same queue on a second request (nothing rated yet), by GET or by starting again
     assert json.loads(request(srv, "GET", "/api/blind/next?rater=bea")[1])["item"] == first["item"]
-    db = sqlite3.connect(root / "ratings.sqlite")
-    queue = db.execute("SELECT kind, unit FROM blind_queue WHERE rater='bea' ORDER BY position").fetchall()
-    db.close()
+    assert json.loads(request(srv, "POST", "/api/blind/start", {"rater": "bea"})[1])["item"] == first["item"]
+    assert queue_rows(root, "bea") == queue
     assert sorted(k for k, _ in queue) == ["features", "features", "neurons", "neurons"]
     assert all(indices[k]["density"][u] > 0 for k, u in queue)
     # the page served blind is that unit's page
@@ -162,3 +175,48 @@ def test_blind_queue_hides_identity_until_saved(served):
     status, payload = request(srv, "POST", "/api/rating", {**body, "rater": "eve", "blind_item": second["item"]})
     assert status == 400 and "another rater" in json.loads(payload)["error"]
     assert request(srv, "GET", "/api/blind/next?rater=")[0] == 400
+    assert request(srv, "POST", "/api/blind/start", {"rater": " "})[0] == 400
+
+
+class SlowSteerer:
+    """Sampling that takes as long as the test says: it waits for `release`."""
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, kind, unit, multiple, prompt):
+        self.entered.set()
+        assert self.release.wait(60)
+        return {"multiple": multiple, "value": 2.0, "samples": [{"prompt": prompt, "unclamped": "u", "pinned": "p"}]}
+
+
+def test_ratings_are_saved_while_a_slow_sampling_request_runs(served):
+    from sae.dashboard.server import DashboardServer
+
+    _, root, _ = served
+    steerer = SlowSteerer()
+    srv = DashboardServer(root / "site", root / "ratings.sqlite", "127.0.0.1", 0, steerer=steerer, blind_per_kind=2)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sampled = []
+    sampling = threading.Thread(
+        target=lambda: sampled.append(request(srv, "POST", "/api/steer", {"kind": "features", "unit": 3, "prompt": "slow"}))
+    )
+    try:
+        sampling.start()
+        assert steerer.entered.wait(30)
+        # the model is busy: a rating, a blind queue and the ratings' means answer at once
+        status, payload = request(srv, "POST", "/api/rating", rating(rater="while-sampling"), timeout=5)
+        assert status == 201 and rows(root, "rater='while-sampling'")[0][:3] == ("while-sampling", "features", 5)
+        assert request(srv, "POST", "/api/blind/start", {"rater": "while-sampling"}, timeout=5)[0] == 200
+        assert request(srv, "GET", "/api/ratings", timeout=5)[0] == 200
+        # a second sampling request is told the model is busy, not queued behind it
+        status, payload = request(srv, "POST", "/api/steer", {"kind": "features", "unit": 4}, timeout=5)
+        assert status == 503 and "busy" in json.loads(payload)["error"]
+        assert sampling.is_alive() and not sampled
+    finally:
+        steerer.release.set()
+        sampling.join(30)
+        srv.shutdown()
+        srv.server_close()
+    status, payload = sampled[0]
+    assert status == 200 and json.loads(payload)["samples"][0]["pinned"] == "p"

@@ -236,9 +236,9 @@ window.DASH = (function () {
       h("section", { id: "top-contexts" }, h("h3", {}, "Top contexts"), (groups.top || []).map((r) => record(r, max))),
       h("section", { id: "quantiles" }, h("h3", {}, "Quantile samples"), quantiles.length ? quantiles.map((g) => h("div", {}, h("div", { class: "note" }, g), groups[g].map((r) => record(r, max)))) : h("p", { class: "note" }, "none")),
       h("section", { class: "grid" },
-        h("div", {}, h("h3", {}, "Logit weights"), h("div", { class: "note" }, S.summary.norm_note),
+        h("div", {}, h("h3", {}, "Logit weights"), u.logits ? h("div", { class: "note" }, S.summary.norm_note) : null,
           u.logits ? h("div", { class: "grid" }, tokenTable("logit-promoted", "promoted", u.logits.promoted, "weight"), tokenTable("logit-suppressed", "suppressed", u.logits.suppressed, "weight"))
-            : h("p", { class: "note" }, "not available (this hook is not in the residual stream's space)")),
+            : h("p", { class: "note", id: "logits-unavailable" }, `not available: ${S.summary.hook || "this hook"} is not the residual stream (nor added straight into it), so a unit's direction there has no direct path to the logits`)),
         h("div", {}, h("h3", {}, "Ablation"), ab ? [h("div", { class: "note" }, `over ${ab.positions} firing positions: next-token loss ${fmt(ab.loss_base, 4)} → ${fmt(ab.loss_ablated, 4)} without it (Δ ${fmt(ab.delta_loss, 3)}); mean change of log-probability`),
           h("div", { class: "grid" }, tokenTable("ablation-promoted", "made more likely", ab.promoted, "Δ log p"), tokenTable("ablation-suppressed", "made less likely", ab.suppressed, "Δ log p"))]
           : h("p", { class: "note" }, "not computed for this unit"))),
@@ -276,22 +276,32 @@ window.DASH = (function () {
     if (!S.server) { app.replaceChildren(h("p", {}, "Blind rating needs the local server: python evaluate.py sae_path=… stage=serve")); return; }
     const rater = localStorage.getItem("rater") || "";
     const who = h("input", { id: "blind-rater", value: rater, maxlength: 64 });
-    const start = async () => {
-      if (!who.value.trim()) return;
-      localStorage.setItem("rater", who.value.trim());
-      const next = await api("GET", "api/blind/next?rater=" + encodeURIComponent(who.value.trim()));
+    const error = h("span", { class: "status error", id: "blind-error" });
+    const show = (next, name) => {
       if (next.done) { app.replaceChildren(h("p", { id: "blind-done" }, `All ${next.total} blind units rated. Thank you.`)); return; }
       const form = ratingForm(async (r, status) => {
         const saved = await api("POST", "api/rating", { ...r, blind_item: next.item });
         form.querySelector("button").disabled = true;
+        const onward = async () => {
+          try { show(await api("GET", "api/blind/next?rater=" + encodeURIComponent(name)), name); }
+          catch (e) { status.className = "status error"; status.textContent = String(e.message || e); }
+        };
         status.replaceChildren(h("span", { class: "reveal", id: "reveal" }, `saved (#${saved.id}): this was ${saved.kind === "neurons" ? "neuron" : "feature"} ${saved.unit}`), " ",
-          h("button", { type: "button", id: "blind-next", onclick: start }, "next ›"));
+          h("button", { type: "button", id: "blind-next", onclick: onward }, "next ›"));
       });
       app.replaceChildren(h("h2", {}, `Blind unit ${next.position + 1} of ${next.total}`), h("p", { class: "note" }, "Features and neurons in random order; which one it is shows after you save."),
         ...unitBody(next.page, null, true), h("section", {}, h("h3", {}, "Rate this unit"), form));
       document.body.setAttribute("data-ready", "blind");
     };
-    app.replaceChildren(h("section", {}, h("h2", {}, "Blind rating"), h("label", {}, "rater ", who), " ", h("button", { id: "blind-start", onclick: start }, "start")));
+    const start = async () => {
+      const name = who.value.trim();
+      if (!name) return;
+      localStorage.setItem("rater", name);
+      // the queue is drawn (or found) by a POST: reading the next unit never writes
+      try { show(await api("POST", "api/blind/start", { rater: name }), name); }
+      catch (e) { error.textContent = String(e.message || e); }
+    };
+    app.replaceChildren(h("section", {}, h("h2", {}, "Blind rating"), h("label", {}, "rater ", who), " ", h("button", { id: "blind-start", onclick: start }, "start"), " ", error));
   }
 
   // ---------------------------------------------------------------- routing
