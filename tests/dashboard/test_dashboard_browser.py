@@ -23,7 +23,6 @@ if not Path(CHROMIUM).exists():
     )
 
 N_FEATURES = 4608
-INTERACTIVE_BUDGET_S = 15.0  # generous: 2 shared CPU cores; the measured time is printed
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,6 @@ def test_index_feature_page_and_blind_rating(site, server, browser):
     page.wait_for_selector("body[data-ready=index] #units-table tbody tr")
     interactive = time.perf_counter() - start
     print(f"index of {N_FEATURES} features interactive after {interactive:.2f} s")
-    assert interactive < INTERACTIVE_BUDGET_S
     assert page.inner_text("h2").startswith(f"{N_FEATURES:,} features")
     assert len(table_units(page)) == 100  # paged
 
