@@ -152,16 +152,19 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) 
     return write_record(out, title, rows, notes=notes, machine=machine)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Record the runs of a train.py command for the docs.")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Record the runs of a train.py command for the docs.",
+        usage="python bench/record.py OUT [--evaluate OVERRIDES] [--keep DIR] -- train.py [overrides ...]",
+    )
     parser.add_argument("out", type=Path, help="the record to write, e.g. docs/results/default_run.json")
     parser.add_argument("--evaluate", default="", help="also run evaluate.py on each run with these overrides")
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- train.py [overrides ...]")
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
     if not command or Path(command[0]).name != "train.py":
-        parser.error("give the training command after --, e.g. -- train.py +sweep=smoke --multirun")
+        parser.error("give the training command after --, e.g. -- train.py --multirun +sweep=smoke")
     evaluate = shlex.split(args.evaluate)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
-from bench.record import write_record
+from bench.record import main as record_main
+from bench.record import run_row, write_record
 
 SET_UP_COMMANDS = (
     "bash scripts/setup.sh && .venv/bin/python train.py",
@@ -174,3 +175,48 @@ def test_bench_records_carry_the_stamp_the_docs_read(tmp_path):
     assert record["machine"].split(" (")[0] == describe().split(" (")[0]
     assert record["command"].startswith("python ")
     assert record["rows"] == [{"a": 1, "b": 0.5}] and record["notes"] == "a note"
+
+
+def test_a_training_run_becomes_one_row_of_its_summary_and_evaluation(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    summary = {
+        "run_name": "anthropic_2023_relu_x8-abc",
+        "steps": 1953,
+        "eval/l0": 50.04,
+        "eval/explained_variance": 0.64213,
+        "eval/reconstruction_score": 0.84012,
+        "eval/kl_score": 0.75801,
+        "eval/tokens": 2032,
+        "density/dead_fraction": 0.0011,
+        "density/ultralow_fraction": 0.0011,
+        "train/loss": 1.0,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    metrics = {"reconstruction_score": 0.88812, "kl_score": 0.79, "ce_tokens": 16256}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    assert run_row(run, evaluated=True) == {
+        "run": "anthropic_2023_relu_x8-abc",
+        "steps": 1953,
+        "held-out L0": 50.04,
+        "expl. var.": 0.6421,
+        "recon. score": 0.8401,
+        "KL score": 0.758,
+        "score tokens": 2032,
+        "dead %": 0.11,
+        "ultralow %": 0.11,
+        "resampled": None,
+        "recon. score (evaluate.py)": 0.8881,
+        "KL score (evaluate.py)": 0.79,
+        "CE tokens (evaluate.py)": 16256,
+        "held-out L0 (evaluate.py)": None,
+        "expl. var. (evaluate.py)": None,
+    }
+
+
+@pytest.mark.parametrize("argv", [["out.json"], ["out.json", "--", "evaluate.py", "sae_path=x"]])
+def test_recording_runs_needs_a_train_py_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        record_main(argv)
+    assert exit_info.value.code == 2
+    assert "-- train.py" in capsys.readouterr().err
