@@ -114,7 +114,9 @@ def _figure(key: str, value: Any) -> Any:
         return value
     if key.endswith("_fraction"):
         return round(100 * value, 3)
-    return value if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1 else round(value, 4)
+    if isinstance(value, int) or float(value).is_integer():
+        return int(value)  # counts logged as floats (e.g. eval/tokens) read as counts
+    return round(value, 4)
 
 
 def run_row(run_dir: Path, evaluated: bool) -> dict[str, Any]:
