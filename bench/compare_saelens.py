@@ -16,6 +16,7 @@ speed of a run's bulk.
     python bench/compare_saelens.py                     # d 576 -> 4,608, batches 512 and 4,096
     python bench/compare_saelens.py --warm-start-steps 1000 --batch-sizes 512   # from a partly trained SAE
     python bench/compare_saelens.py --expansion 1 --batch-sizes 64 --steps 3 --cache-tokens 4096 --repeats 1   # a smoke run
+    python bench/compare_saelens.py --record docs/results/compare_saelens.json   # also a stamped record for the docs
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import describe  # noqa: E402  (bench/machine.py)
 
+from bench.record import add_record_option, write_record  # noqa: E402
 from sae.activations.cache import build_cache  # noqa: E402
 from sae.activations.config import ActivationsConfig  # noqa: E402
 from sae.architectures import SparseAutoencoder  # noqa: E402
@@ -239,12 +241,17 @@ def main() -> None:
     ap.add_argument("--cache-tokens", type=int, default=200_000)
     ap.add_argument("--heldout-tokens", type=int, default=8192)
     ap.add_argument("--warm-start-steps", type=int, default=0, help="untimed training steps before the timed ones")
+    add_record_option(ap)
     args = ap.parse_args()
     if not SAELENS_PYTHON.exists():
         sys.exit(f"no SAELens environment at {SAELENS_PYTHON}: build it with `bash scripts/setup_saelens.sh`.")
 
     quiet_lightning()
-    print(f"machine: {describe()}")
+    machine = describe()
+    print(f"machine: {machine}")
+    # The loop called "bare torch loop" above, named in the record by what sets it apart from train_throughput.py's.
+    record_names = {"bare torch loop": "plain torch loop (same kernel, default Adam, no fire counts)"}
+    rows = []
     model_cfg = ModelConfig(name="embedded:smollm2", alias="smollm2", layer=args.layer)
     data_cfg = DataConfig(source="wiki_offline", alias="wiki", context_length=128)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -294,6 +301,28 @@ def main() -> None:
                 print(f"{name:28s} {speed} {q['loss']:10.6g} {q['mse']:10.6g} {q['l0']:8.1f} {q['explained_variance']:9.4f}")
             ours, theirs, bare = rate["this project (Lightning)"], rate["SAELens SAETrainer"], rate["bare torch loop"]
             print(f"ratio ours/SAELens {ours / theirs:.3f}   ours/bare {ours / bare:.3f}   SAELens/bare {theirs / bare:.3f}")
+            for name in times:
+                q = quality(results[name], cfg, heldout)
+                rows.append(
+                    {
+                        "batch": batch_size,
+                        "warm start (steps)": args.warm_start_steps,
+                        "trainer": record_names.get(name, name),
+                        "tokens/s": round(rate[name]),
+                        "vs SAELens": round(rate[name] / theirs, 3),
+                        "loss": round(q["loss"], 6),
+                        "MSE": round(q["mse"], 6),
+                        "L0": round(q["l0"], 1),
+                        "expl. var.": round(q["explained_variance"], 4),
+                        "SAELens": version,
+                    }
+                )
+    if args.record:
+        title = (
+            f"SAE {d} -> {d * args.expansion}, recipe anthropic_2024, float32, {args.steps} timed steps per run, "
+            f"best of {args.repeats} interleaved repeats; quality on {args.heldout_tokens:,} held-out activations"
+        )
+        write_record(args.record, title, rows, machine=machine)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ peak RSS above what the SAE and the activations already take (the target is < 4 
 
     python bench/eval_memory.py                                   # 256x of d = 768 (~2.5 GB of inputs and weights)
     python bench/eval_memory.py --d-in 64 --expansion 4 --tokens 4096 --compare   # a quick check
+    python bench/eval_memory.py --record docs/results/eval_memory.json   # also a stamped record for the docs
 
 `--compare` at full size needs ~30 GB free (one 8,192-row batch's activations and the encoder's temporaries).
 """
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe  # noqa: E402  (bench/machine.py)
 
+from bench.record import add_record_option, write_record  # noqa: E402
 from sae.architectures import ARCHITECTURES, build_sae  # noqa: E402
 from sae.evaluation.stats import activation_stats, rows_per_chunk  # noqa: E402
 
@@ -90,6 +92,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--compare", action="store_true", help="also run with no budget (one chunk per batch)")
     p.add_argument("--limit-gb", type=float, default=4.0)
+    add_record_option(p)
     args = p.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
@@ -98,7 +101,8 @@ def main() -> None:
     sae = build_sae(args.architecture, args.d_in, n_features, k=args.k).to(device).eval()
     acts = torch.randn(args.tokens, args.d_in)
     budget = args.budget_mb * 2**20
-    print(f"machine: {describe()}; pid {os.getpid()}")
+    machine = describe()
+    print(f"machine: {machine}; pid {os.getpid()}")
     print(
         f"{args.architecture} SAE {args.d_in} -> {n_features} features ({args.expansion}x) on {device}, "
         f"{args.tokens:,} tokens in "
@@ -110,10 +114,20 @@ def main() -> None:
     )
 
     runs = [("budget", budget)] + ([("no budget", 2**62)] if args.compare else [])
-    extras = {}
+    extras, rows = {}, []
     for name, b in runs:
         extra, gpu, seconds, result = measure(sae, acts, args.batch_rows, b, device)
         extras[name] = extra
+        rows.append(
+            {
+                "memory budget": f"{args.budget_mb} MB" if name == "budget" else "none (one chunk per batch)",
+                "peak extra RSS (GB)": round(extra / GB, 2),
+                **({"peak extra GPU memory (GB)": round(gpu / GB, 2)} if device == "cuda" else {}),
+                "seconds": round(seconds, 1),
+                "L0": round(result["l0"], 1),
+                "explained variance": round(result["explained_variance"], 4),
+            }
+        )
         gpu_text = f", peak extra GPU memory {gpu / GB:.2f} GB" if device == "cuda" else ""
         print(
             f"{name:>9}: peak extra RSS {extra / GB:.2f} GB{gpu_text}, {seconds:.1f} s, L0 {result['l0']:.1f}, "
@@ -122,6 +136,12 @@ def main() -> None:
     if args.compare:
         print(f"ratio no budget / budget (peak extra RSS): {extras['no budget'] / max(extras['budget'], 1):.1f}x")
     ok = extras["budget"] < args.limit_gb * GB
+    if args.record:
+        title = (
+            f"activation statistics of a random {args.architecture} SAE {args.d_in} -> {n_features:,} on {device}, "
+            f"{args.tokens:,} random tokens in {args.batch_rows:,}-row batches (target: < {args.limit_gb} GB extra)"
+        )
+        write_record(args.record, title, rows, machine=machine)
     print(f"{'PASS' if ok else 'FAIL'}: peak extra RSS {extras['budget'] / GB:.2f} GB {'<' if ok else '>='} {args.limit_gb} GB")
     sys.exit(0 if ok else 1)
 

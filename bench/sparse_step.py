@@ -16,6 +16,7 @@ with the dense decoder product against `auto`'s gather of the active rows.
     python bench/sparse_step.py --d-in 64 --n-features 512 --l0 8 64 --batch-size 64 --steps 2   # a quick check
     python bench/sparse_step.py --device cuda --n-features 4608 36864 --l0 32 200 --batch-size 4096 --steps 20
     python bench/sparse_step.py --scoring --batch-size 8192 --steps 4   # resampling's scoring pass
+    python bench/sparse_step.py --record docs/results/sparse_step_cpu.json   # also a stamped record for the docs
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe  # noqa: E402  (bench/machine.py)
 
+from bench.record import add_record_option, write_record  # noqa: E402
 from sae.architectures import ReLUSAE  # noqa: E402
 from sae.architectures.sparse import auto_density_limit  # noqa: E402
 from sae.training.resampling import sample_by_loss_squared  # noqa: E402
@@ -148,6 +150,7 @@ def main() -> None:
     )
     ap.add_argument("--compile", action="store_true", help="also time the dense step under torch.compile (GPU only)")
     ap.add_argument("--scoring", action="store_true", help="time resampling's scoring pass instead of training steps")
+    add_record_option(ap)
     args = ap.parse_args()
     torch.set_float32_matmul_precision(args.matmul_precision)
     bad = [l0 for l0 in args.l0 if not 0 < l0 < min(args.n_features)]
@@ -162,7 +165,8 @@ def main() -> None:
     variants = SCORING_VARIANTS if args.scoring else COMPILED_VARIANTS if args.compile else VARIANTS
     what, unit = ("scoring pass", "inputs/s") if args.scoring else ("training step", "tok/s")
 
-    print(f"machine: {describe()}")
+    machine = describe()
+    print(f"machine: {machine}")
     print(
         f"{what}: SAE d_in {args.d_in}, float32 ({args.matmul_precision} matmul precision) on {args.device}, "
         f"{args.steps} batches x {args.repeats} repeats (median); auto's density limit per n: "
@@ -171,6 +175,7 @@ def main() -> None:
         )
     )
     labels = [label for label, *_ in variants]
+    rows = []
     print(
         f"{'n':>7} {'batch':>6} {'L0 set':>7} {'L0':>7} {'density':>8} {'auto sparse':>12} "
         + " ".join(f"{label + ' ' + unit:>17}" for label in labels)
@@ -192,6 +197,23 @@ def main() -> None:
                     + " ".join(f"{r[label][0] / dense:>16.2f}x" for label in labels[1:]),
                     flush=True,
                 )
+                rows.append(
+                    {
+                        "latents": n,
+                        "batch": batch,
+                        "L0": round(measured_l0, 1),
+                        "active": f"{measured_l0 / n:.2%}",
+                        "auto sparse": f"{r['auto'][2]:.0%}",
+                        **{f"{label} {unit}": round(r[label][0]) for label in labels},
+                        **{f"{label} / dense": round(r[label][0] / dense, 2) for label in labels[1:]},
+                    }
+                )
+    if args.record:
+        title = (
+            f"{what} {unit}, d_in {args.d_in}, float32 ({args.matmul_precision} matmul precision) on {args.device}, "
+            f"median of {args.repeats} repeats of {args.steps} batches"
+        )
+        write_record(args.record, title, rows, machine=machine)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/sweep_cache.py                     # runs both sweeps, one after the other (~5-10 min on 2 cores)
     python bench/sweep_cache.py --launcher local    # jobs as parallel processes (hydra-submitit-launcher)
+    python bench/sweep_cache.py --record docs/results/sweep_cache.json   # also a stamped record for the docs
 
 Shared: every run uses one `activations.cache_dir`, so the first job harvests and the rest read it.
 Per run: `activations.cache_dir=<dir>/${run_name}` gives each run its own cache, so each harvests.
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.machine import describe  # noqa: E402
+from bench.record import add_record_option, write_record  # noqa: E402
 
 
 def run_sweep(workdir: Path, cache_dir: str, launcher: str, extra: list[str]) -> float:
@@ -54,7 +58,10 @@ def main() -> None:
     parser.add_argument("--launcher", default="basic", help="hydra/launcher: basic (sequential) or local (parallel processes)")
     parser.add_argument("--keep", type=Path, help="copy the shared-cache sweep (runs + report) to this directory")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. activations.n_tokens=50000")
+    add_record_option(parser)
     args = parser.parse_args()
+    machine = describe()
+    print(machine)
     with tempfile.TemporaryDirectory(prefix="sweep-cache-bench-") as tmp:
         tmp = Path(tmp)
         shared = run_sweep(tmp / "shared", str(tmp / "shared" / "cache"), args.launcher, args.overrides)
@@ -72,6 +79,19 @@ def main() -> None:
         f"{sum(h['harvest_seconds'] for h in h_per_run):.1f} s harvesting)"
     )
     print(f"  ratio per-run / shared = {per_run / shared:.2f}x")
+    if args.record:
+        rows = [
+            {
+                "cache": name,
+                "wall time (s)": round(seconds, 1),
+                "harvests": len(h),
+                "time harvesting (s)": round(sum(x["harvest_seconds"] for x in h), 1),
+                "wall time / shared": round(seconds / shared, 2),
+            }
+            for name, seconds, h in (("shared", shared, h_shared), ("one per run", per_run, h_per_run))
+        ]
+        title = f"smoke sweep (4 runs, launcher {args.launcher}): one shared activation cache vs one cache per run"
+        write_record(args.record, title, rows, machine=machine)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and steps every SAE on it) against the same multirun ungrouped (one job after an
 
     python bench/sweep_grouped.py                          # streamed and cached, 25,600 tokens per run
     python bench/sweep_grouped.py --tokens 102400 --modes streamed
+    python bench/sweep_grouped.py --record docs/results/sweep_grouped.json   # also a stamped record for the docs
 
 streamed: `activations.cache=false`, so ungrouped, every run harvests its activations from the model;
 grouped, one harvest feeds all twelve. cached: every run reads one activation cache harvested before the
@@ -30,6 +31,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import describe  # noqa: E402
+from bench.record import add_record_option, write_record  # noqa: E402
 
 
 def run_sweep(sweep_dir: Path, overrides: list[str]) -> float:
@@ -70,8 +72,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=25_600, help="training tokens per run (sae.tokens)")
     parser.add_argument("--modes", nargs="+", default=["streamed", "cached"], choices=["streamed", "cached"])
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
+    add_record_option(parser)
     args = parser.parse_args()
-    print(describe())
+    machine = describe()
+    print(machine)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="sweep-grouped-bench-") as tmp:
         tmp = Path(tmp)
         common = [f"sae.tokens={args.tokens}", f"activations.cache_dir={tmp / 'cache'}", *args.overrides]
@@ -89,6 +94,20 @@ def main() -> None:
             print(f"{mode}: 12 runs x {args.tokens:,} tokens: ungrouped {ungrouped:.1f} s, grouped {grouped:.1f} s")
             print(f"  the same 12 SAEs (bitwise): {same}; the same evaluations: {same_eval}")
             print(f"{mode} ratio {ungrouped / grouped:.2f}")
+            rows.append(
+                {
+                    "activations": mode,
+                    "runs": 12,
+                    "tokens per run": args.tokens,
+                    "ungrouped (s)": round(ungrouped, 1),
+                    "grouped (s)": round(grouped, 1),
+                    "ratio": round(ungrouped / grouped, 2),
+                    "same SAEs (bitwise)": same,
+                    "same evaluations": same_eval,
+                }
+            )
+    if args.record:
+        write_record(args.record, "lr_l1 sweep (12 SAEs): ungrouped vs sweep.grouped=true", rows, machine=machine)
 
 
 if __name__ == "__main__":

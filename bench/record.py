@@ -1,0 +1,180 @@
+"""Result records: rows of figures stamped with the command, commit, machine and date that produced them.
+
+Every bench script takes `--record docs/results/NAME.json`; the documentation renders such a file as a table
+under its stamp (docs/hooks/results_tables.py), so a figure in the docs always says where it came from.
+
+    {"title": ..., "command": "python bench/...", "commit": "<sha>[-dirty]", "machine": describe(),
+     "date": "2026-...Z", "rows": [{"column": value, ...}, ...], "notes": "..."}
+
+Run as a script, it records the training runs of a `train.py` command (and, with --evaluate, their
+`evaluate.py` metrics), running the command itself so that the stamp is the command's own:
+
+    python bench/record.py docs/results/default_run.json -- train.py
+    python bench/record.py docs/results/architectures.json -- train.py --multirun +sweep=architectures sweep.grouped=true
+    python bench/record.py docs/results/seeds.json --evaluate "metrics.ce_tokens=16384" -- train.py --multirun +sweep=seeds
+
+The runs go to a fresh directory (--keep DIR keeps them) with a fresh activation cache, so the recorded wall
+time includes the harvest, as on a new machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on the path yet
+
+from bench.machine import describe  # noqa: E402
+from sae.core.files import atomic_write_json  # noqa: E402
+
+
+def add_record_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="PATH",
+        help="also write the results as a stamped record for the docs, e.g. docs/results/NAME.json",
+    )
+
+
+def command_line() -> str:
+    """The command as typed from the repository root: `python bench/<script> <arguments>`."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its absolute path
+        script = script.relative_to(REPO)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def commit() -> str:
+    """The checked-out commit, with `-dirty` when tracked files differ from it (the figures are then not its own)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def write_record(path: Path, title: str, rows: list[dict[str, Any]], notes: str = "", machine: str | None = None) -> Path:
+    """Write the record atomically; rows are dicts with the same keys, in column order. `machine`: the line the
+    script printed when it started (its load average is the one the figures were measured under)."""
+    record = {
+        "title": title,
+        "command": command_line(),
+        "commit": commit(),
+        "machine": machine or describe(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rows": rows,
+    }
+    if notes:
+        record["notes"] = notes
+    atomic_write_json(path, record)
+    print(f"recorded {len(rows)} rows in {path}")
+    return Path(path)
+
+
+# summary.json / metrics.json key -> column, in table order; a key a run lacks is left empty.
+RUN_COLUMNS = {
+    "steps": "steps",
+    "eval/l0": "held-out L0",
+    "eval/explained_variance": "expl. var.",
+    "eval/reconstruction_score": "recon. score",
+    "eval/kl_score": "KL score",
+    "eval/tokens": "score tokens",
+    "density/dead_fraction": "dead %",
+    "density/ultralow_fraction": "ultralow %",
+    "resample/total_resampled": "resampled",
+}
+EVALUATE_COLUMNS = {
+    "reconstruction_score": "recon. score (evaluate.py)",
+    "kl_score": "KL score (evaluate.py)",
+    "ce_tokens": "CE tokens (evaluate.py)",
+    "l0": "held-out L0 (evaluate.py)",
+    "explained_variance": "expl. var. (evaluate.py)",
+}
+
+
+def _figure(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if key.endswith("_fraction"):
+        return round(100 * value, 3)
+    if isinstance(value, int) or float(value).is_integer():
+        return int(value)  # counts logged as floats (e.g. eval/tokens) read as counts
+    return round(value, 4)
+
+
+def run_row(run_dir: Path, evaluated: bool) -> dict[str, Any]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    row: dict[str, Any] = {"run": summary.get("run_name", run_dir.name)}
+    row.update({column: _figure(key, summary.get(key)) for key, column in RUN_COLUMNS.items()})
+    if evaluated:
+        metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+        row.update({column: _figure(key, metrics.get(key)) for key, column in EVALUATE_COLUMNS.items()})
+    return row
+
+
+def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) -> Path:
+    """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run."""
+    multirun = "--multirun" in command or "-m" in command
+    runs_dir = work / "runs"
+    placement = [f"hydra.sweep.dir={runs_dir}" if multirun else f"hydra.run.dir={runs_dir / 'run'}"]
+    placement.append(f"activations.cache_dir={work / 'activations'}")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    machine = describe()
+    print(f"machine: {machine}\nrunning: python {shlex.join(command)}  (runs in {runs_dir})", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *command, *placement], cwd=REPO, env=env, check=True)
+    seconds = time.perf_counter() - start
+    run_dirs = sorted(p.parent for p in runs_dir.rglob("summary.json"))
+    if not run_dirs:
+        raise SystemExit(f"python {shlex.join(command)} left no finished run (summary.json) under {runs_dir}.")
+    for run_dir in run_dirs if evaluate else []:
+        subprocess.run([sys.executable, "evaluate.py", f"sae_path={run_dir}", *evaluate], cwd=REPO, env=env, check=True)
+    rows = [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
+    title = f"{len(rows)} run{'s' * (len(rows) > 1)} of python {shlex.join(command)}"
+    if evaluate:
+        title += f", each evaluated with python evaluate.py sae_path=<run> {shlex.join(evaluate)}"
+    notes = f"The training command took {seconds / 60:.1f} min in all, from an empty activation cache."
+    return write_record(out, title, rows, notes=notes, machine=machine)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Record the runs of a train.py command for the docs.",
+        usage="python bench/record.py OUT [--evaluate OVERRIDES] [--keep DIR] -- train.py [overrides ...]",
+    )
+    parser.add_argument("out", type=Path, help="the record to write, e.g. docs/results/default_run.json")
+    parser.add_argument("--evaluate", default="", help="also run evaluate.py on each run with these overrides")
+    parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
+    if not command or Path(command[0]).name != "train.py":
+        parser.error("give the training command after --, e.g. -- train.py --multirun +sweep=smoke")
+    evaluate = shlex.split(args.evaluate)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        record_runs(args.out, command, evaluate, args.keep.resolve())
+        return
+    with tempfile.TemporaryDirectory(prefix="record-runs-") as work:
+        record_runs(args.out, command, evaluate, Path(work))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The documentation: the site builds with no broken link, anchor or page; every result file carries the
+stamp its table is shown with; the README stays a short guide with the two set-up commands a newcomer copies."""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.runs import REPO
+
+from bench.machine import describe
+from bench.record import main as record_main
+from bench.record import run_row, write_record
+
+SET_UP_COMMANDS = (
+    "bash scripts/setup.sh && .venv/bin/python train.py",
+    "bash scripts/setup.sh --test && .venv/bin/python -m pytest",
+)
+README_MAX_LINES = 300
+
+
+def _hook_module():
+    spec = importlib.util.spec_from_file_location("results_tables", REPO / "docs" / "hooks" / "results_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = _hook_module()
+
+
+def build_site(project: Path, site: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def page_html(site: Path, page: str) -> str:
+    """The built HTML of docs/<page>.md (mkdocs writes <page>/index.html; index.md is the site's root)."""
+    return (site / ("index.html" if page == "index" else f"{page}/index.html")).read_text()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("docs") / "site"
+    proc = build_site(REPO, site)
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return site
+
+
+def test_every_page_of_the_nav_is_built(site):
+    pages = sorted(p.stem for p in (REPO / "docs").glob("*.md"))
+    assert "index" in pages and "getting-started" in pages
+    for page in pages:
+        assert "<h1" in page_html(site, page), page
+
+
+def test_each_table_marker_shows_its_record_or_the_command_that_measures_it(site):
+    markers = [(md.stem, m) for md in sorted((REPO / "docs").glob("*.md")) for m in tables.MARKER.finditer(md.read_text())]
+    assert markers, "the pages name no result tables"
+    for page, marker in markers:
+        page_html_text = page_html(site, page)
+        path = REPO / "docs" / marker["path"]
+        if path.exists():
+            record = json.loads(path.read_text())
+            assert tables.short_commit(record["commit"]) in page_html_text, (page, marker["path"])
+            assert html.escape(record["machine"].split(";")[0], quote=False) in page_html_text, (page, marker["path"])
+        else:
+            command = html.escape(marker["command"], quote=False)
+            assert f"Not measured yet: run <code>{command}</code>" in page_html_text, (page, marker["path"])
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "docs", project / "docs")
+    shutil.copy(REPO / "mkdocs.yml", project / "mkdocs.yml")
+    page = project / "docs" / "training.md"
+    page.write_text(page.read_text() + "\nSee [the missing page](no-such-page.md).\n")
+    proc = build_site(project, tmp_path / "site")
+    assert proc.returncode != 0
+    assert "no-such-page.md" in proc.stdout + proc.stderr
+
+
+def test_readme_is_a_short_guide_with_the_two_set_up_commands():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; keep it under {README_MAX_LINES}"
+    for command in SET_UP_COMMANDS:
+        assert command in lines, f"README.md must give `{command}` on a line of its own"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert SET_UP_COMMANDS[1] in ci.splitlines()
+
+
+def test_readme_links_reach_built_pages_and_anchors(site):
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert links
+    for target, anchor in links:
+        assert (REPO / target).exists(), target
+        if target.endswith(".md") and anchor:
+            assert f'id="{anchor}"' in page_html(site, Path(target).stem), f"{target}#{anchor}"
+
+
+def test_every_result_file_has_its_stamp():
+    files = sorted((REPO / "docs" / "results").glob("*.json"))
+    assert files, "docs/results/ holds no result file"
+    for path in files:
+        record = tables.load_record(path)
+        assert set(tables.STAMP_FIELDS) <= set(record)
+
+
+@pytest.mark.parametrize("field", ["command", "commit", "machine", "date"])
+def test_a_record_without_a_stamp_field_is_refused(field):
+    record = {"command": "python bench/x.py", "commit": "a" * 40, "machine": "m", "date": "d", "rows": [{"a": 1}]}
+    record[field] = ""
+    with pytest.raises(tables.RecordError, match=field):
+        tables.check_record(record, "r.json")
+
+
+def test_rows_with_other_columns_are_refused():
+    record = {"command": "c", "commit": "x", "machine": "m", "date": "d", "rows": [{"a": 1}, {"b": 2}]}
+    with pytest.raises(tables.RecordError, match="rows \\[1\\]"):
+        tables.check_record(record, "r.json")
+
+
+def test_a_record_renders_as_its_table_under_its_stamp():
+    record = {
+        "title": "a title",
+        "command": "python bench/x.py --record docs/results/x.json",
+        "commit": "0123456789abcdef0123456789abcdef01234567-dirty",
+        "machine": "CPU (2 CPUs); torch 2",
+        "date": "2026-01-02T03:04:05Z",
+        "rows": [{"n": 4608, "ratio": 2.5, "path": "a|b", "ok": True}, {"n": 512, "ratio": None, "path": "c", "ok": False}],
+    }
+    assert tables.render_record(record) == (
+        "**a title**\n\n"
+        "| n | ratio | path | ok |\n"
+        "|---|---|---|---|\n"
+        "| 4,608 | 2.5 | a\\|b | yes |\n"
+        "| 512 | – | c | no |\n\n"
+        "<small>Measured with `python bench/x.py --record docs/results/x.json` at commit `0123456789-dirty` "
+        "on CPU (2 CPUs); torch 2, 2026-01-02T03:04:05Z.</small>"
+    )
+
+
+def test_a_missing_record_is_not_measured_yet_and_without_a_command_fails(tmp_path):
+    page = "Before.\n\n<!-- table: results/x.json | python bench/x.py --record docs/results/x.json -->\n\nAfter.\n"
+    rendered = tables.render_markers(page, tmp_path)
+    assert "Not measured yet: run `python bench/x.py --record docs/results/x.json`" in rendered
+    assert rendered.startswith("Before.") and rendered.endswith("After.\n")
+    with pytest.raises(tables.RecordError, match="no such result file"):
+        tables.render_markers("<!-- table: results/x.json -->\n", tmp_path)
+    quoted = "The syntax is `<!-- table: results/x.json -->` in running text.\n"
+    assert tables.render_markers(quoted, tmp_path) == quoted
+
+
+def test_bench_records_carry_the_stamp_the_docs_read(tmp_path):
+    path = write_record(tmp_path / "r.json", "a title", [{"a": 1, "b": 0.5}], notes="a note")
+    record = tables.load_record(path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert record["commit"] in (head, f"{head}-dirty")
+    assert record["machine"].split(" (")[0] == describe().split(" (")[0]
+    assert record["command"].startswith("python ")
+    assert record["rows"] == [{"a": 1, "b": 0.5}] and record["notes"] == "a note"
+
+
+def test_a_training_run_becomes_one_row_of_its_summary_and_evaluation(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    summary = {
+        "run_name": "anthropic_2023_relu_x8-abc",
+        "steps": 1953,
+        "eval/l0": 50.04,
+        "eval/explained_variance": 0.64213,
+        "eval/reconstruction_score": 0.84012,
+        "eval/kl_score": 0.75801,
+        "eval/tokens": 2032.0,
+        "density/dead_fraction": 0.0011,
+        "density/ultralow_fraction": 0.0011,
+        "train/loss": 1.0,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    metrics = {"reconstruction_score": 0.88812, "kl_score": 0.79, "ce_tokens": 16256}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    row = run_row(run, evaluated=True)
+    assert type(row["score tokens"]) is int  # a count logged as a float is shown as a count
+    assert row == {
+        "run": "anthropic_2023_relu_x8-abc",
+        "steps": 1953,
+        "held-out L0": 50.04,
+        "expl. var.": 0.6421,
+        "recon. score": 0.8401,
+        "KL score": 0.758,
+        "score tokens": 2032,
+        "dead %": 0.11,
+        "ultralow %": 0.11,
+        "resampled": None,
+        "recon. score (evaluate.py)": 0.8881,
+        "KL score (evaluate.py)": 0.79,
+        "CE tokens (evaluate.py)": 16256,
+        "held-out L0 (evaluate.py)": None,
+        "expl. var. (evaluate.py)": None,
+    }
+
+
+@pytest.mark.parametrize("argv", [["out.json"], ["out.json", "--", "evaluate.py", "sae_path=x"]])
+def test_recording_runs_needs_a_train_py_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        record_main(argv)
+    assert exit_info.value.code == 2
+    assert "-- train.py" in capsys.readouterr().err
