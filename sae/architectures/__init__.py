@@ -14,11 +14,14 @@ from omegaconf import OmegaConf
 from sae.architectures.base import LossTerms, SparseAutoencoder, geometric_median
 from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
 from sae.architectures.jumprelu import JumpReLUSAE, JumpReLUSettings
+from sae.architectures.matryoshka import MatryoshkaSAE, MatryoshkaSettings
 from sae.architectures.relu import ReLUSAE, ReLUSettings
 from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.core.errors import ConfigError
 
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
+    cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)
+}
 
 
 # cfg.json files written before architectures were recorded hold a ReLU SAE.
@@ -80,6 +83,8 @@ __all__ = [
     "JumpReLUSAE",
     "JumpReLUSettings",
     "LossTerms",
+    "MatryoshkaSAE",
+    "MatryoshkaSettings",
     "ReLUSAE",
     "ReLUSettings",
     "SparseAutoencoder",
