@@ -55,7 +55,9 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         merged = OmegaConf.merge(schema, values)
     except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError
         known = ", ".join(schema.keys())
-        raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]} (its settings: {known}).") from None
+        field_name = getattr(exc, "full_key", None)
+        where = f"sae.settings.{field_name}" if field_name else "sae.settings"
+        raise ConfigError(f"{where} for {name}: {str(exc).splitlines()[0]} (its settings: {known}).") from None
     try:
         return OmegaConf.to_object(merged)
     except ConfigError:

@@ -49,7 +49,8 @@ from safetensors.torch import load_file, save_file
 
 from sae.core.checks import require
 from sae.core.files import atomic_output, finite_or_none
-from sae.lm.bridge import bos_token_id
+from sae.lm.bridge import bos_token_id, hook_name
+from sae.lm.config import ModelConfig
 
 LETTERS = string.ascii_lowercase
 VERSION = 1
@@ -464,3 +465,13 @@ def absorption(
     else:
         log(f"[absorption] reusing the words' activations and probe in {cache_path}")
     return absorption_from_probe_data(sae, data, cfg)
+
+
+def absorption_metrics(
+    sae, bridge, model_cfg: ModelConfig, cache_dir: str | Path, cfg: AbsorptionConfig, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """For evaluate.py's metrics stage: `absorption(...).as_dict()` at the model's hook, the words' activations
+    and probe kept under `cache_dir` (the activation cache's directory)."""
+    hook = hook_name(model_cfg)
+    path = probe_data_path(cache_dir, model_cfg.name, model_cfg.dtype, hook, cfg)
+    return absorption(sae, bridge, hook, cfg, path, log).as_dict()
