@@ -79,21 +79,22 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def prefix_reconstructions(self, f: torch.Tensor) -> list[torch.Tensor]:
         """x̂_g · s for every prefix g, in the SAE's scaled input space (each adds its group's latents to the last)."""
-        partial = self.b_dec.expand(f.shape[0], -1)
-        out, start = [], 0
-        for end in self.prefix_sizes:
-            partial = partial + f[:, start:end] @ self.W_dec[start:end]
+        groups = [b - a for a, b in zip([0, *self.prefix_sizes[:-1]], self.prefix_sizes, strict=True)]
+        # split (not slicing): its backward concatenates the groups' gradients in one tensor
+        partial, out = self.b_dec, []
+        for f_group, W_group in zip(f.split(groups, dim=-1), self.W_dec.split(groups), strict=True):
+            partial = partial + f_group @ W_group
             out.append(partial)
-            start = end
         return out
 
     def loss(self, x: torch.Tensor, sparsity_coefficient: float) -> LossTerms:
         pre = self.pre_activation(x)
         f = self.select(pre)
         target = (x * self.input_scale).float()
-        errors = [(target - r.float()).pow(2).mean() for r in self.prefix_reconstructions(f)]
+        reconstructions = self.prefix_reconstructions(f)
+        errors = [(target - r.float()).pow(2).mean() for r in reconstructions]
         reconstruction = torch.stack(errors).mean()
-        x_hat = self.decode(f)
+        x_hat = reconstructions[-1] / self.input_scale  # the whole dictionary's: decode(f)
         auxiliary = self.auxk_loss(x, x_hat, pre) * self.settings.aux_coefficient
         self._count_firing(f, len(x))
         return LossTerms(reconstruction + auxiliary, reconstruction, reconstruction.new_zeros(()), auxiliary, x_hat, f)

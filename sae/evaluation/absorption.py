@@ -312,6 +312,10 @@ class AbsorptionResult:
     mean_absorption_fraction: float  # over letters with true positives
     mean_full_absorption_rate: float
     mean_main_latents: float
+    # How well the letters are read at this hook at all: mean test F1 of the probes and of the main latents'
+    # k-sparse probes, over letters with test words. Where the probe reads letters poorly, so do the rates.
+    mean_probe_f1: float
+    mean_sparse_probe_f1: float
     letters: list[LetterAbsorption]
     train_words: int
     test_words: int
@@ -386,6 +390,8 @@ def absorption_from_probe_data(sae, data: ProbeData, cfg: AbsorptionConfig) -> A
         mean_absorption_fraction=mean([r.absorption_fraction for r in scored]),
         mean_full_absorption_rate=mean([r.full_absorption_rate for r in scored]),
         mean_main_latents=mean([len(r.main_latents) for r in scored]),
+        mean_probe_f1=mean([r.probe_f1 for r in letters]),
+        mean_sparse_probe_f1=mean([r.sparse_probe_f1 for r in letters]),
         letters=letters,
         train_words=len(data.train_y),
         test_words=len(data.test_y),

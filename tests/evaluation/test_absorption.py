@@ -3,7 +3,6 @@ letter directions are known, the per-word formulas by hand, and the real model's
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -103,6 +102,7 @@ def test_an_absorbing_latent_per_specific_word_gives_the_counted_absorption_rate
     assert result.mean_absorption_fraction == pytest.approx(4.8 / 20 / 2)
     assert result.mean_full_absorption_rate == pytest.approx(4 / 20 / 2)
     assert result.mean_main_latents == 1.0 and (result.train_words, result.test_words) == (90, 40)
+    assert result.mean_probe_f1 == 1.0 and result.mean_sparse_probe_f1 == pytest.approx((30 / 35 + 1) / 2)
 
 
 def test_an_sae_whose_main_latent_fires_on_every_word_absorbs_nothing():
@@ -209,9 +209,9 @@ def test_real_words_prompts_probe_and_a_stored_probe_reused(tmp_path):
     first = absorption(sae, bridge, hook, cfg, path)
     assert path.exists() and (first.train_words, first.test_words) == (96, 24)
     assert first.letters and all(0 <= r.absorption_fraction <= 1 for r in first.letters if r.probe_true_positives)
-    assert math.isfinite(first.mean_absorption_fraction) and first.as_dict()["letters"][0]["letter"] in LETTERS
+    assert 0 <= first.mean_probe_f1 <= 1 and first.as_dict()["letters"][0]["letter"] in LETTERS
 
     def no_model():
         raise AssertionError("the stored words and probe should have been reused")
 
-    assert absorption(sae, no_model, hook, cfg, path) == first
+    assert absorption(sae, no_model, hook, cfg, path).as_dict() == first.as_dict()  # (NaN ≠ NaN: compared as JSON)
