@@ -3,7 +3,6 @@ letter directions are known, the per-word formulas by hand, and the real model's
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
