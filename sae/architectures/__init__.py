@@ -14,11 +14,14 @@ from omegaconf import OmegaConf
 from sae.architectures.base import LossTerms, SparseAutoencoder, geometric_median
 from sae.architectures.batchtopk import BatchTopKSAE, BatchTopKSettings
 from sae.architectures.jumprelu import JumpReLUSAE, JumpReLUSettings
+from sae.architectures.matryoshka import MatryoshkaSAE, MatryoshkaSettings
 from sae.architectures.relu import ReLUSAE, ReLUSettings
 from sae.architectures.topk import TopKSAE, TopKSettings
 from sae.core.errors import ConfigError
 
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
+    cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)
+}
 
 
 # cfg.json files written before architectures were recorded hold a ReLU SAE.
@@ -52,7 +55,9 @@ def build_settings(name: str, settings: dict[str, Any] | None, k: int | None = N
         merged = OmegaConf.merge(schema, values)
     except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError
         known = ", ".join(schema.keys())
-        raise ConfigError(f"sae.settings for {name}: {str(exc).splitlines()[0]} (its settings: {known}).") from None
+        field_name = getattr(exc, "full_key", None)
+        where = f"sae.settings.{field_name}" if field_name else "sae.settings"
+        raise ConfigError(f"{where} for {name}: {str(exc).splitlines()[0]} (its settings: {known}).") from None
     try:
         return OmegaConf.to_object(merged)
     except ConfigError:
@@ -80,6 +85,8 @@ __all__ = [
     "JumpReLUSAE",
     "JumpReLUSettings",
     "LossTerms",
+    "MatryoshkaSAE",
+    "MatryoshkaSettings",
     "ReLUSAE",
     "ReLUSettings",
     "SparseAutoencoder",

@@ -407,7 +407,8 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
 
 
 def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
-    """`+sweep=architectures`: five configurations x five levels; a level picks λ or k from that configuration's ladder."""
+    """`+sweep=architectures`: five configurations x five levels (and matryoshka when named); a level picks λ or k from
+    that configuration's ladder."""
     expected = {
         ("anthropic_2023", 0): 1e-2,
         ("anthropic_2023", 4): 2.5e-3,
@@ -419,6 +420,8 @@ def test_architectures_sweep_composes_at_one_budget_with_each_configurations_spa
         ("topk", 4): 64,
         ("batchtopk", 0): 8,
         ("batchtopk", 4): 64,
+        ("matryoshka", 0): 8,
+        ("matryoshka", 4): 64,
     }
     for (recipe, level), value in expected.items():
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -19,7 +19,7 @@ from sae.core.errors import ConfigError, SAEFileError
 from sae.formats.interop import check_matches, detect_format, load_foreign, to_saelens, to_sparsify
 from sae.formats.native import load_sae, save_sae
 
-# (architecture, format, the architecture it loads back as): BatchTopK's inference rule is a JumpReLU.
+# (architecture, format, the architecture it loads back as): BatchTopK's and Matryoshka's inference rule is a JumpReLU.
 ROUND_TRIPS = [
     ("relu", "saelens", "relu"),
     ("relu", "sparsify", "relu"),
@@ -27,6 +27,7 @@ ROUND_TRIPS = [
     ("topk", "sparsify", "topk"),
     ("batchtopk", "saelens", "jumprelu"),
     ("jumprelu", "saelens", "jumprelu"),
+    ("matryoshka", "saelens", "jumprelu"),
 ]
 
 
@@ -71,8 +72,9 @@ def test_saelens_layout_names_shapes_and_keys():
     torch.testing.assert_close(f @ tensors["W_dec"] + tensors["b_dec"], sae.decode(sae.encode(x)), rtol=1e-5, atol=1e-5)
 
 
-def test_sparsify_refuses_architectures_it_cannot_run(tmp_path):
-    sae = random_sae(arch="jumprelu")
+@pytest.mark.parametrize("arch", ["jumprelu", "batchtopk", "matryoshka"])
+def test_sparsify_refuses_architectures_it_cannot_run(tmp_path, arch):
+    sae = random_sae(arch=arch)
     with pytest.raises(ConfigError, match="export it with --format saelens"):
         to_sparsify(sae.state_dict(), {**PROVENANCE, **sae.config_dict()})
 

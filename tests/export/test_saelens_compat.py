@@ -110,6 +110,7 @@ def assert_matches_ours(sae, x: torch.Tensor, theirs: dict) -> None:
         ("topk", "TopKSAE", "topk"),
         ("batchtopk", "JumpReLUSAE", "jumprelu"),
         ("jumprelu", "JumpReLUSAE", "jumprelu"),
+        ("matryoshka", "JumpReLUSAE", "jumprelu"),
     ],
 )
 def test_saelens_loads_our_export_and_encodes_like_ours(tmp_path, arch, their_class, their_arch):

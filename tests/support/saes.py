@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.architectures import SparseAutoencoder, build_sae
+from sae.architectures import ARCHITECTURES, BatchTopKSAE, SparseAutoencoder, build_sae
 
 PROVENANCE = {"model": "embedded:smollm2", "layer": 2, "hook": "hook_mlp_out", "hook_name": "blocks.2.hook_mlp_out"}
 
@@ -15,7 +15,7 @@ K = 8  # active latents of the TopK-style test SAEs
 def random_sae(d_in=24, n=96, scale=3.7, seed=0, arch="relu") -> SparseAutoencoder:
     """Non-trivial weights, biases and thresholds, and an input scale ≠ 1, so every term of the fold is exercised."""
     torch.manual_seed(seed)
-    sae = build_sae(arch, d_in, n, k=K if arch in ("topk", "batchtopk") else None)
+    sae = build_sae(arch, d_in, n, k=K if ARCHITECTURES[arch].sparsity_knob == "k" else None)
     with torch.no_grad():
         sae.W_enc.normal_(0, 1 / d_in**0.5)
         sae.b_enc.normal_(0, 0.3)
@@ -23,7 +23,7 @@ def random_sae(d_in=24, n=96, scale=3.7, seed=0, arch="relu") -> SparseAutoencod
         sae.input_scale.fill_(scale)
         if arch == "jumprelu":
             sae.log_threshold.copy_(torch.empty(n).uniform_(0.05, 0.8).log())
-        if arch == "batchtopk":
+        if isinstance(sae, BatchTopKSAE):  # BatchTopK and Matryoshka: one inference threshold
             sae.threshold.fill_(0.4)
     return sae
 
