@@ -40,13 +40,21 @@ class MetricsConfig:
     # Memory the [rows, n_features] feature activations of one chunk may take; rows per chunk follow
     # from it, so a 256x SAE is evaluated in a few hundred MB rather than tens of GB.
     memory_budget_mb: int = 512
+    # First-letter feature absorption (sae/evaluation/absorption.py) on this many single-token words of the
+    # vocabulary; 0 skips it. 4,000 for comparisons (the words' activations and probe are stored per model and
+    # hook, so only the first SAE of a hook pays for them).
+    absorption_words: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("ce_tokens", "heldout_tokens", "density_tokens"):
+        for name in ("ce_tokens", "heldout_tokens", "density_tokens", "absorption_words"):
             require(getattr(self, name) >= 0, f"metrics.{name}={getattr(self, name)} must be >= 0 (0 skips that part).")
         require(self.ce_batch_size >= 1, f"metrics.ce_batch_size={self.ce_batch_size} must be >= 1.")
         require(self.harvest_batch_size >= 1, f"metrics.harvest_batch_size={self.harvest_batch_size} must be >= 1.")
         require(self.memory_budget_mb >= 1, f"metrics.memory_budget_mb={self.memory_budget_mb} must be >= 1.")
+        require(
+            self.absorption_words == 0 or self.absorption_words >= 10,
+            f"metrics.absorption_words={self.absorption_words} must be 0 (skip) or >= 10.",
+        )
         require(
             self.similarity_plot_features >= 2, f"metrics.similarity_plot_features={self.similarity_plot_features} must be >= 2."
         )

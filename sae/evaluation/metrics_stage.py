@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from sae.activations.cache import build_cache
 from sae.activations.harvest import harvest
 from sae.core.files import atomic_write_json, finite_or_none
+from sae.evaluation.absorption import AbsorptionConfig, absorption_metrics
 from sae.evaluation.config import MetricsConfig
 from sae.evaluation.measures import ULTRALOW_DENSITY, density_summary, log10_density
 from sae.evaluation.plots import plot_decoder_similarity, plot_density_histogram
@@ -208,6 +209,19 @@ def _spliced_report(c: PartContext, ce: dict) -> tuple[dict, dict[str, Path]]:
     return {k if k != "tokens" else "ce_tokens": v for k, v in ce.items()}, {}
 
 
+def _absorption_config(c: PartContext) -> AbsorptionConfig:
+    return AbsorptionConfig(n_words=c.m.absorption_words, seed=c.seed)
+
+
+def _absorption_compute(c: PartContext) -> dict:
+    return absorption_metrics(c.sae, c.bridge, c.run.model, c.run.activations.cache_dir, _absorption_config(c), c.log)
+
+
+def _absorption_report(c: PartContext, result: dict) -> tuple[dict, dict[str, Path]]:
+    keys = ("mean_absorption_fraction", "mean_full_absorption_rate", "mean_main_latents", "mean_probe_f1", "mean_sparse_probe_f1")
+    return {f"absorption_{k.removeprefix('mean_')}": result[k] for k in keys}, {}
+
+
 # The parts of metrics.json, in order. A new metric is one more entry (its settings in MetricsConfig).
 METRIC_PARTS: list[MetricPart] = [
     MetricPart("density", _density_settings, _density_compute, _density_report),
@@ -224,6 +238,12 @@ METRIC_PARTS: list[MetricPart] = [
         _spliced_compute,
         _spliced_report,
         per_corpus=True,
+    ),
+    MetricPart(
+        "absorption",
+        lambda c: {"absorption": asdict(_absorption_config(c))} if c.m.absorption_words else None,
+        _absorption_compute,
+        _absorption_report,
     ),
 ]
 

@@ -58,11 +58,12 @@ COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "expl. var.": ("explained_variance", "{:.3f}"),
     "dead %": ("dead_pct", "{:.1f}"),
     "ultralow %": ("ultralow_pct", "{:.1f}"),
+    "absorption": ("absorption", "{:.3f}"),
     "interp. [95%]": ("interp_cell", "{}"),
     "control": ("interp_control", "{:.3f}"),
     "status": ("status", "{}"),
 }
-OPTIONAL_MD = ("recon. score", "KL score", "interp. [95%]", "control")  # shown when some run has a value
+OPTIONAL_MD = ("recon. score", "KL score", "absorption", "interp. [95%]", "control")  # shown when some run has a value
 
 EVAL_METRICS = "eval/metrics.json"
 SUMMARY = "summary.json"
@@ -79,6 +80,7 @@ METRIC_SOURCES: dict[str, list[tuple[str, str]]] = {
     ],
     "dead_pct": [(EVAL_METRICS, "dead_fraction"), (SUMMARY, "density/dead_fraction")],
     "ultralow_pct": [(EVAL_METRICS, "ultralow_fraction"), (SUMMARY, "density/ultralow_fraction")],
+    "absorption": [(EVAL_METRICS, "absorption_absorption_fraction")],
 }
 PERCENT = ("dead_pct", "ultralow_pct")  # read as fractions
 
@@ -106,6 +108,7 @@ class RunRow:
     explained_variance: Optional[float] = None
     dead_pct: Optional[float] = None
     ultralow_pct: Optional[float] = None
+    absorption: Optional[float] = None  # first-letter absorption fraction (evaluate.py metrics.absorption_words)
     # Interpretability (eval/interp_summary.json): mean Spearman over features (primary split), its 95%
     # bootstrap interval over features, and the same features scored with other features' explanations.
     interp: Optional[float] = None
@@ -122,6 +125,7 @@ class RunRow:
     explained_variance_source: Optional[str] = None
     dead_pct_source: Optional[str] = None
     ultralow_pct_source: Optional[str] = None
+    absorption_source: Optional[str] = None
     # The run's setting over its finished seeds: count, mean and 95% interval half-width per metric.
     n_seeds: Optional[int] = None
     l0_mean: Optional[float] = None
@@ -134,6 +138,8 @@ class RunRow:
     explained_variance_ci95: Optional[float] = None
     dead_pct_mean: Optional[float] = None
     dead_pct_ci95: Optional[float] = None
+    absorption_mean: Optional[float] = None
+    absorption_ci95: Optional[float] = None
     interp_mean: Optional[float] = None
     interp_ci95: Optional[float] = None
     interp_control_mean: Optional[float] = None
@@ -153,7 +159,16 @@ class RunRow:
         return str(self.recipe or self.architecture or "sae")
 
 
-AGGREGATED = ("l0", "reconstruction_score", "kl_score", "explained_variance", "dead_pct", "interp", "interp_control")
+AGGREGATED = (
+    "l0",
+    "reconstruction_score",
+    "kl_score",
+    "explained_variance",
+    "dead_pct",
+    "absorption",
+    "interp",
+    "interp_control",
+)
 
 
 @dataclass
@@ -363,7 +378,7 @@ def seeds_table(settings: list[Setting]) -> str:
     return "\n".join(lines)
 
 
-SEED_EXTRA = (("KL score", "kl_score"), ("interp.", "interp"), ("control", "interp_control"))
+SEED_EXTRA = (("KL score", "kl_score"), ("absorption", "absorption"), ("interp.", "interp"), ("control", "interp_control"))
 
 
 def rank_correlation(x: list[float], y: list[float], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -84,7 +84,13 @@ def test_2024_recipe_trains_and_follows_its_schedules(run_2024):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_and_resume(run_2023):
-    args = [f"sae_path={run_2023 / 'sae'}", "metrics.ce_tokens=128", "metrics.heldout_tokens=3000", "metrics.density_tokens=8000"]
+    args = [
+        f"sae_path={run_2023 / 'sae'}",
+        "metrics.ce_tokens=128",
+        "metrics.heldout_tokens=3000",
+        "metrics.density_tokens=8000",
+        "metrics.absorption_words=60",
+    ]
     first = run_script("evaluate.py", args)
     eval_dir = run_2023 / "eval"  # the training run's directory, found from its sae/ directory
     metrics = read_json(eval_dir / "metrics.json")
@@ -102,8 +108,12 @@ def test_evaluate_end_to_end_and_resume(run_2023):
         "dead_fraction",
         "ultralow_fraction",
         "decoder_cosine_rest",
+        "absorption_absorption_fraction",
+        "absorption_full_absorption_rate",
+        "absorption_probe_f1",
     ):
         assert key in metrics, key
+    assert 0 <= metrics["absorption_absorption_fraction"] <= 1 and 0 <= metrics["absorption_probe_f1"] <= 1
     assert metrics["ce_tokens"] == 2 * 63  # 128 tokens -> 2 contexts of 64, 63 predictions each
     assert metrics["density_tokens"] == 8000 and 0 < metrics["heldout_tokens"] <= 3000
     assert 0 <= metrics["dead_fraction"] <= metrics["ultralow_fraction"] <= 1
@@ -115,7 +125,7 @@ def test_evaluate_end_to_end_and_resume(run_2023):
     assert "[spliced_loss] computing" in first.stdout
 
     again = run_script("evaluate.py", args)  # a rerun reuses every finished part
-    assert "computing" not in again.stdout and again.stdout.count("reusing") == 3
+    assert "computing" not in again.stdout and again.stdout.count("reusing") == 4
     assert read_json(eval_dir / "metrics.json") == metrics
 
     bad = run_script("evaluate.py", [*args, "stage=bogus"], check=False)
