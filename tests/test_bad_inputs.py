@@ -45,6 +45,7 @@ ZERO_OK = {
     "metrics.ce_tokens",
     "metrics.heldout_tokens",
     "metrics.density_tokens",
+    "metrics.absorption_words",  # 0: no absorption measured
     "seed",
     "interp.seed",
     "interp.n_score_top",

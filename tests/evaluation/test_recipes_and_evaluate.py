@@ -89,7 +89,7 @@ def test_evaluate_end_to_end_and_resume(run_2023):
         "metrics.ce_tokens=128",
         "metrics.heldout_tokens=3000",
         "metrics.density_tokens=8000",
-        "metrics.absorption_words=60",
+        "metrics.absorption_words=400",
     ]
     first = run_script("evaluate.py", args)
     eval_dir = run_2023 / "eval"  # the training run's directory, found from its sae/ directory
