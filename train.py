@@ -33,6 +33,7 @@ from sae.lm.bridge import lazy_bridge
 from sae.sweeps.grouping import load_members
 from sae.training.config import TrainConfig, register_configs
 from sae.training.module import SAETrainingModule
+from sae.training.plan import run_plan
 from sae.training.run import finished_summary, initial_sae, provenance, start_up_checks, write_summary
 
 register_configs()
@@ -48,6 +49,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     L.seed_everything(cfg.sae.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    print(run_plan(cfg).line())
 
     bridge = bridge or lazy_bridge(cfg.model)
     datamodule = ActivationDataModule(
@@ -55,7 +57,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     )
     callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep.shared if lockstep else None)
     sae = initial_sae(cfg.sae, datamodule.init_sample())
-    module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
+    module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps, cfg.trainer.float32_matmul_precision)
 
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)
     # Under Slurm, requeueing is submitit's job (hydra/launcher=slurm); Lightning's own would be a second one.
