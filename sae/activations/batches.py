@@ -164,7 +164,8 @@ class StreamedBatches:
         buffer = snap["buffer"]
         if buffer is not None:
             chunks = buffer["chunks"]
-            buffer = {"chunks": (torch.cat(chunks).cpu(),) if chunks else (), "generator": buffer["generator"].clone()}
+            rows = torch.cat([chunk.cpu() for chunk in chunks]) if chunks else None  # some may be a resumed run's, on the host
+            buffer = {"chunks": (rows,) if chunks else (), "generator": buffer["generator"].clone()}
         return {**snap, "rest": snap["rest"].to("cpu", copy=True), "buffer": buffer}
 
     def _snapshot(self, step: int) -> dict:

@@ -25,8 +25,8 @@ MAX_HARVEST_BATCH_SIZE = 1024
 
 
 def auto_harvest_batch_size(bridge, context_length: int) -> int:
-    """Contexts per forward when `activations.harvest_batch_size` is null: 32 on a CPU; on a GPU the largest
-    power of two whose forward fits in a quarter of the device's memory beside the model, up to 1,024.
+    """Contexts per forward when `activations.harvest_batch_size` is null: 32 on a CPU; on a GPU sized to its memory
+    (`harvest_batch_size_for`).
 
     From the device's total memory, not what happens to be free, so that a resumed run picks the same size
     and a streamed run sees the same batches.
@@ -34,16 +34,30 @@ def auto_harvest_batch_size(bridge, context_length: int) -> int:
     device = torch.device(bridge.cfg.device)
     if device.type != "cuda":
         return CPU_HARVEST_BATCH_SIZE
-    total = torch.cuda.get_device_properties(device).total_memory
-    parameters = sum(p.numel() * p.element_size() for p in bridge.parameters())
-    element = next(bridge.parameters()).element_size()
     cfg = bridge.cfg
-    d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-    # One block's transient tensors per context (residual, attention, MLP), with room for the float32 copy
-    # of the hook's activations, twice over for the allocator.
-    block = 8 * cfg.d_model + 4 * d_mlp + 2 * cfg.n_heads * context_length
-    per_context = 2 * context_length * (element * block + 4 * cfg.d_model)
-    fits = max(1, (total // 4 - parameters) // per_context)
+    return harvest_batch_size_for(
+        total_memory=torch.cuda.get_device_properties(device).total_memory,
+        model_bytes=sum(p.numel() * p.element_size() for p in bridge.parameters()),
+        element_bytes=next(bridge.parameters()).element_size(),
+        d_model=cfg.d_model,
+        d_mlp=getattr(cfg, "d_mlp", None) or 4 * cfg.d_model,
+        n_heads=getattr(cfg, "n_heads", None) or 1,
+        context_length=context_length,
+    )
+
+
+def harvest_batch_size_for(
+    total_memory: int, model_bytes: int, element_bytes: int, d_model: int, d_mlp: int, n_heads: int, context_length: int
+) -> int:
+    """The largest power of two of contexts whose forward fits in a quarter of the device's memory beside the model
+    (the rest is the SAE's, the shuffle buffer's and the allocator's), at most `MAX_HARVEST_BATCH_SIZE`.
+
+    A context's forward holds one block's transient tensors at a time (residual stream, attention scores, MLP
+    neurons) plus the float32 copy of the hook's activations; counted twice over for the allocator.
+    """
+    block = element_bytes * (8 * d_model + 4 * d_mlp + 2 * n_heads * context_length)
+    per_context = 2 * context_length * (block + 4 * d_model)
+    fits = max(1, (total_memory // 4 - model_bytes) // per_context)
     return int(min(MAX_HARVEST_BATCH_SIZE, 2 ** (int(fits).bit_length() - 1)))
 
 

@@ -12,7 +12,7 @@ import torch
 
 from sae.activations.batches import CachedBatches
 from sae.activations.cache import ActivationCache
-from sae.activations.harvest import CPU_HARVEST_BATCH_SIZE, auto_harvest_batch_size, harvest
+from sae.activations.harvest import CPU_HARVEST_BATCH_SIZE, auto_harvest_batch_size, harvest, harvest_batch_size_for
 from sae.architectures import ReLUSAE
 from sae.lm.bridge import load_language_model, model_dtype
 from sae.lm.config import ModelConfig
@@ -153,3 +153,14 @@ def test_auto_dtype_runs_a_float16_checkpoint_in_float32_on_a_cpu_only(tmp_path)
     cfg = ModelConfig(name=str(tmp_path), alias="m", layer=0, dtype="auto", device="cpu")
     assert model_dtype(cfg) == torch.float32
     assert model_dtype(cfg, device="cuda") == torch.float16
+
+
+def test_gpu_harvest_batch_is_the_largest_power_of_two_that_fits_a_quarter_of_the_memory():
+    gib = 1024**3
+    distilgpt2 = {"model_bytes": 82_000_000 * 4, "element_bytes": 4, "d_model": 768, "d_mlp": 3072, "n_heads": 12}
+    # 2 × 128 × (4 × (8·768 + 4·3072 + 2·12·128) + 4·768) bytes = 22.8 MB a context
+    assert harvest_batch_size_for(16 * gib, **distilgpt2, context_length=128) == 128  # 4 GiB / 22.8 MB = 175
+    assert harvest_batch_size_for(141 * gib, **distilgpt2, context_length=128) == 1024  # the cap
+    assert harvest_batch_size_for(16 * gib, **distilgpt2, context_length=1024) == 8  # 8x the context, > 8x the memory
+    bf16_7b = {"model_bytes": 7 * 10**9 * 2, "element_bytes": 2, "d_model": 4096, "d_mlp": 11008, "n_heads": 32}
+    assert harvest_batch_size_for(8 * gib, **bf16_7b, context_length=1024) == 1  # the model alone is more than a quarter
