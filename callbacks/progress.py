@@ -11,6 +11,7 @@ import time
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from tqdm.auto import tqdm
 
 from sae.training.plan import WarmupClock
 
@@ -54,4 +55,4 @@ class TimeEstimate(L.Callback):
             return
         line = self.clock.step(trainer.global_step, time.monotonic())
         if line:
-            print(line, flush=True)
+            tqdm.write(line)  # above the progress bar, not through it

@@ -4,27 +4,32 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
-
-from sae.activations.cache import cache_key
-from sae.core.checks import to_objects
-from sae.training.config import TrainConfig, register_configs
-from sae.training.plan import RunPlan, WarmupClock, format_bytes, format_duration, free_disk, run_plan
 from support.runs import REPO
+
+from callbacks.progress import TimeEstimate
+from sae.activations.cache import cache_key
+from sae.architectures import ReLUSAE
+from sae.core.checks import to_objects
+from sae.training.config import SAEConfig, TrainConfig, register_configs
+from sae.training.module import SAETrainingModule
+from sae.training.plan import RunPlan, WarmupClock, format_bytes, format_duration, free_disk, run_plan
 
 
 def _plan(**changes) -> RunPlan:
-    settings = dict(
-        steps=488_281,
-        batch_size=4096,
-        cached=False,
-        cache_tokens=100_000_000,
-        width=768,
-        bytes_per_value=2,
-        cache_dir=Path("/scratch/cache"),
-        free_disk=80_600_000_000,
-        cache_ready=False,
-    )
+    settings = {
+        "steps": 488_281,
+        "batch_size": 4096,
+        "cached": False,
+        "cache_tokens": 100_000_000,
+        "width": 768,
+        "bytes_per_value": 2,
+        "cache_dir": Path("/scratch/cache"),
+        "free_disk": 80_600_000_000,
+        "cache_ready": False,
+    }
     return RunPlan(**{**settings, **changes})
 
 
@@ -44,7 +49,8 @@ def test_cached_plan_says_when_the_cache_does_not_fit_and_how_to_fix_it():
     assert "does not fit" not in fits
     short = _plan(cached=True, free_disk=10_000_000_000).line()
     assert "100,000,000 tokens × 768 × 2 bytes = 154 GB" in short
-    assert short.endswith("it does not fit; free space there, set activations.cache_dir elsewhere, or stream with activations.cache=false")
+    fix = "it does not fit; free space there, set activations.cache_dir elsewhere, or stream with activations.cache=false"
+    assert short.endswith(fix)
     ready = _plan(cached=True, cache_ready=True, free_disk=10_000_000_000).line()
     assert "is harvested already" in ready and "does not fit" not in ready
 
@@ -124,3 +130,26 @@ def test_durations_and_sizes_read_at_a_glance():
         "1 GB",
         "3.07 TB",
     ]
+
+
+def test_a_run_prints_its_measured_time_estimate_once_after_the_warmup(tmp_path, capsys):
+    class Batches:
+        def __iter__(self):
+            return iter([torch.randn(32, 8) for _ in range(20)])
+
+    torch.manual_seed(0)
+    module = SAETrainingModule(ReLUSAE(8, 16), SAEConfig(expansion=2, batch_size=32, tokens=32 * 20))
+    estimate = TimeEstimate(32, skip_steps=2, measure_steps=5, measure_seconds=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[estimate],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=Batches())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: measured")]
+    assert len(lines) == 1 and "over steps 4-8; 12 steps left: about" in lines[0], lines
