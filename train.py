@@ -39,6 +39,7 @@ from sae.lm.bridge import lazy_bridge
 from sae.sweeps.grouping import load_members
 from sae.training.config import TrainConfig, register_configs
 from sae.training.module import SAETrainingModule
+from sae.training.plan import run_plan
 from sae.training.run import checkpoint_bytes, finished_summary, initial_sae, provenance, start_up_checks, write_summary
 
 register_configs()
@@ -54,6 +55,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     L.seed_everything(cfg.sae.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    print(run_plan(cfg).line())
 
     bridge = bridge or lazy_bridge(cfg.model)
     datamodule = ActivationDataModule(
@@ -61,7 +63,7 @@ def train(cfg: TrainConfig, run_dir: Path, resolved: dict, bridge=None, lockstep
     )
     callbacks = build_callbacks(cfg, run_dir, bridge, datamodule, lockstep.shared if lockstep else None)
     sae = initial_sae(cfg.sae, datamodule.init_sample())
-    module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps)
+    module = SAETrainingModule(sae, cfg.sae, cfg.trainer.log_every_n_steps, cfg.trainer.float32_matmul_precision)
     require_free_space(run_dir, checkpoint_bytes(sae), "the checkpoints and the trained SAE", "hydra.run.dir")
 
     logger = build_logger(cfg.logger, run_dir, cfg.run_name, resolved)

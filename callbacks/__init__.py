@@ -1,4 +1,5 @@
-"""Lightning callbacks of a training run: feature density, dead-neuron resampling, held-out evaluation, progress.
+"""Lightning callbacks of a training run: feature density, dead-neuron resampling, held-out evaluation, the
+checkpoint, progress and the time estimate.
 
 `build_callbacks` assembles them from the run's settings; those with a `summary()` also contribute to the
 run's summary.json.
@@ -10,15 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 
+from callbacks.checkpoint import RunCheckpoint
 from callbacks.density import FeatureDensityCallback
-from callbacks.progress import StepProgressBar
+from callbacks.progress import StepProgressBar, TimeEstimate
 from callbacks.reconstruction import ReconstructionScoreCallback
 from callbacks.resampling import NeuronResamplingCallback
 from sae.activations.datamodule import ActivationDataModule
 from sae.training.config import TrainConfig
 from sae.training.resampling import resample_schedule
+from sae.training.run import last_checkpoint
 
 
 def build_callbacks(
@@ -30,10 +32,10 @@ def build_callbacks(
 ) -> list[L.Callback]:
     """`shared(name, make)`: objects the runs of a grouped sweep share (the held-out tokens' zero-ablated losses)."""
     density = FeatureDensityCallback(cfg.trainer.density_window_steps, run_dir / "plots")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
+    checkpoint = RunCheckpoint(
+        last_checkpoint(run_dir), cfg.trainer.checkpoint_every_n_steps, cfg.trainer.checkpoint_every_minutes
     )
-    callbacks: list[L.Callback] = [density, checkpoint]
+    callbacks: list[L.Callback] = [density, checkpoint, TimeEstimate(cfg.sae.batch_size)]
     if cfg.sae.resample.enabled:
         schedule = resample_schedule(cfg.sae.resample, cfg.sae.total_steps, cfg.sae.batch_size)
         if schedule.note:

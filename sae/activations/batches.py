@@ -4,6 +4,10 @@ From the cache: each pass over the cached tokens uses a fresh permutation (no to
 a pass), and the batch at step s depends only on (seed, s). Without a cache: activations stream
 from the model through the shuffle buffer, and the checkpoint holds the stream's position (pass,
 contexts read), the buffer's rows and generator state, and the rows not yet batched.
+
+Batches come out on the training device: for a GPU, cached rows are gathered into pinned host memory
+and copied without blocking (the next batch's gather overlaps the current step); streamed ones never
+leave the device. Lightning's own transfer then has nothing left to do.
 """
 
 from __future__ import annotations
@@ -17,9 +21,20 @@ from sae.activations.harvest import ShuffleBuffer
 
 
 class CachedBatches:
-    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations."""
+    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations, on `device`."""
 
-    def __init__(self, cache: ActivationCache, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
+    # Pinned buffers in flight: the batch being trained on, the one Lightning prefetched, the one being gathered.
+    PINNED_BUFFERS = 3
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        start_step: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         if batch_size > len(cache):
             raise ValueError(
                 f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): "
@@ -28,19 +43,44 @@ class CachedBatches:
         self.cache, self.batch_size, self.total_steps, self.seed = cache, batch_size, total_steps, seed
         self.start_step = start_step
         self.steps_per_pass = len(cache) // batch_size
+        self.device = torch.device(device)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.cache), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def _indices(self) -> Iterator[torch.Tensor]:
         step = self.start_step
         perm_epoch, perm = -1, None
         while step < self.total_steps:
             epoch, i = divmod(step, self.steps_per_pass)
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, self._permutation(epoch)
-            yield self.cache.rows(perm[i * self.batch_size : (i + 1) * self.batch_size])
+            yield perm[i * self.batch_size : (i + 1) * self.batch_size]
             step += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.device.type != "cuda":
+            for index in self._indices():
+                yield self.cache.rows(index).to(self.device)
+            return
+        yield from self._pinned_copies()
+
+    def _pinned_copies(self) -> Iterator[torch.Tensor]:
+        """Rows gathered into a ring of pinned host buffers (in the cache's own dtype: half the bytes of float32
+        for a float16 cache), each copied to the GPU without blocking and made float32 there. A buffer is
+        written again only once its copy has completed."""
+        shape = (self.batch_size, self.cache.d)
+        buffers = [torch.empty(shape, dtype=self.cache.storage_dtype, pin_memory=True) for _ in range(self.PINNED_BUFFERS)]
+        copied: list[torch.cuda.Event | None] = [None] * self.PINNED_BUFFERS
+        for n, index in enumerate(self._indices()):
+            slot = n % self.PINNED_BUFFERS
+            if copied[slot] is not None:
+                copied[slot].synchronize()
+            self.cache.gather(index, out=buffers[slot])
+            batch = buffers[slot].to(self.device, non_blocking=True)
+            copied[slot] = torch.cuda.Event()
+            copied[slot].record()
+            yield batch.float()
 
 
 class StreamedBatches:
@@ -89,7 +129,8 @@ class StreamedBatches:
 
             for emitted in buffer(counted(contexts)):
                 produced = True
-                rest = emitted if not len(rest) else torch.cat([rest, emitted])
+                # (a resumed stream's rest comes from the host-side checkpoint)
+                rest = emitted if not len(rest) else torch.cat([rest.to(emitted.device), emitted])
                 while len(rest) >= self.batch_size and step < self.total_steps:
                     batch, rest, step = rest[: self.batch_size], rest[self.batch_size :], step + 1
                     self._note(step, pass_index, contexts, rest, buffer)
@@ -118,13 +159,14 @@ class StreamedBatches:
         return self._snapshot(step)["contexts"]
 
     def state_at(self, step: int) -> dict:
-        """The state after `step` batches, as plain tensors for a checkpoint."""
+        """The state after `step` batches, as plain host tensors for a checkpoint (resumable on any device)."""
         snap = self._snapshot(step)
         buffer = snap["buffer"]
         if buffer is not None:
             chunks = buffer["chunks"]
-            buffer = {"chunks": (torch.cat(chunks),) if chunks else (), "generator": buffer["generator"].clone()}
-        return {**snap, "rest": snap["rest"].clone(), "buffer": buffer}
+            rows = torch.cat([chunk.cpu() for chunk in chunks]) if chunks else None  # some may be a resumed run's, on the host
+            buffer = {"chunks": (rows,) if chunks else (), "generator": buffer["generator"].clone()}
+        return {**snap, "rest": snap["rest"].to("cpu", copy=True), "buffer": buffer}
 
     def _snapshot(self, step: int) -> dict:
         if step not in self.snapshots:

@@ -69,17 +69,32 @@ class ActivationCache:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the rows are stored in (activations.dtype when it was harvested)."""
+        return torch.from_numpy(self.shards[0][:0]).dtype
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows at `index`, as float32."""
         if self.data is not None:
             return self.data[index].float()
-        index = index.numpy()
+        return torch.from_numpy(self._gather_shards(index.numpy(), np.empty((len(index), self.d), dtype=np.float32)))
+
+    def gather(self, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The rows at `index` written into `out` ([len(index), d] in `storage_dtype`, e.g. a pinned buffer from which
+        a GPU copy does not block), unconverted: the values of `rows(index)` once made float32."""
+        if self.data is not None:
+            return torch.index_select(self.data, 0, index, out=out)
+        self._gather_shards(index.numpy(), out.numpy())
+        return out
+
+    def _gather_shards(self, index: np.ndarray, out: np.ndarray) -> np.ndarray:
         order = np.argsort(index)
-        out = np.empty((len(index), self.d), dtype=np.float32)
         shard_of = np.searchsorted(self.offsets, index[order], side="right") - 1
         for s in np.unique(shard_of):
             sel = order[shard_of == s]
             out[sel] = self.shards[s][index[sel] - self.offsets[s]]
-        return torch.from_numpy(out)
+        return out
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)

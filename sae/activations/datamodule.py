@@ -13,7 +13,7 @@ import torch
 from sae.activations.batches import CachedBatches, StreamedBatches
 from sae.activations.cache import ActivationCache, build_cache
 from sae.activations.config import ActivationsConfig
-from sae.activations.harvest import ShuffleBuffer, harvest
+from sae.activations.harvest import ShuffleBuffer, auto_harvest_batch_size, harvest
 from sae.activations.lockstep import MemberBatches
 from sae.lm.config import ModelConfig
 from sae.text.sources import DataConfig
@@ -58,7 +58,13 @@ class ActivationDataModule(L.LightningDataModule):
         return self._cache
 
     def _chunks_from(self, contexts: int) -> Iterator[torch.Tensor]:
-        return harvest(self.bridge(), self.model_cfg, self.data_cfg, self.act_cfg.harvest_batch_size, skip_contexts=contexts)
+        """Streamed activations, left on the model's device."""
+        return harvest(
+            self.bridge(), self.model_cfg, self.data_cfg, self.act_cfg.harvest_batch_size, skip_contexts=contexts, on_device=True
+        )
+
+    def _harvest_batch_size(self) -> int:
+        return self.act_cfg.harvest_batch_size or auto_harvest_batch_size(self.bridge(), self.data_cfg.context_length)
 
     def init_sample(self) -> torch.Tensor:
         """Activations for initialising the SAE (input scale, b_dec)."""
@@ -71,7 +77,7 @@ class ActivationDataModule(L.LightningDataModule):
         first = next(iter(ShuffleBuffer(self.act_cfg.buffer_tokens, self.seed)(self._chunks_from(0))), None)
         if first is None:
             raise ValueError("the data source produced no tokens; check data.* (files, split, text_column).")
-        return first[:SAMPLE_FOR_INIT]
+        return first[:SAMPLE_FOR_INIT].cpu()  # the SAE is initialised on the host, before Lightning moves it
 
     def resampling_inputs(self, step: int) -> Iterator[torch.Tensor]:
         """Training activations to score when resampling at `step`: a fresh random order of the cache, or
@@ -87,10 +93,11 @@ class ActivationDataModule(L.LightningDataModule):
 
     def _batches_from(self, start: int, stream_state: dict | None) -> CachedBatches | StreamedBatches:
         if self.cached:
-            return CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start)
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+            return CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start, device)
         return StreamedBatches(
             self._chunks_from,
-            self.act_cfg.harvest_batch_size,
+            self._harvest_batch_size(),
             self.batch_size,
             self.total_steps,
             self.act_cfg.buffer_tokens,

@@ -12,6 +12,9 @@ from sae.core.errors import ConfigError
 from sae.lm.config import ModelConfig
 from sae.lm.embedded import resolve_model_path
 
+# model.dtype values; "auto" is the checkpoint's own dtype (model_dtype).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def pick_device(device: str) -> str:
     if device != "auto":
@@ -19,14 +22,31 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_dtype(cfg: ModelConfig, device: str | None = None) -> torch.dtype:
+    """The dtype the model runs in: `model.dtype`, or for "auto" the dtype its checkpoint was saved in.
+
+    "auto" falls back to float32 when the checkpoint names no dtype, and runs a float16 checkpoint in float32
+    on a CPU (half-precision matrix products there are slow, and some have no kernel).
+    """
+    if cfg.dtype != "auto":
+        return DTYPES[cfg.dtype]
+    config = hf_config(cfg)
+    declared = None if config is None else getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(declared).removeprefix("torch.") if declared is not None else "float32"
+    dtype = DTYPES.get(name, torch.float32)
+    if dtype == torch.float16 and pick_device(device or cfg.device) == "cpu":
+        return torch.float32
+    return dtype
+
+
 def load_language_model(cfg: ModelConfig):
     """Boot the model as a TransformerBridge (eval mode, no grads)."""
     from transformer_lens.model_bridge import TransformerBridge  # seconds to import: only when a model is loaded
 
     path = resolve_model_path(cfg.name)
-    dtype = getattr(torch, cfg.dtype)
+    device = pick_device(cfg.device)
     try:
-        bridge = TransformerBridge.boot_transformers(path, device=pick_device(cfg.device), dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(path, device=device, dtype=model_dtype(cfg, device))
     except OSError as exc:
         raise ConfigError(
             f"model.name={cfg.name}: could not load it ({exc}). Use a hub name (with the internet), "
@@ -85,22 +105,48 @@ def lazy_bridge(cfg: ModelConfig):
     return get
 
 
-def max_context(cfg: ModelConfig) -> int | None:
-    """The model's maximum context from its Hugging Face config (no weights loaded); None if unknown here."""
-    from transformers import AutoConfig
+def hf_config(cfg: ModelConfig):
+    """The model's Hugging Face config (no weights loaded); None if it cannot be read here."""
+    from transformers import AutoConfig  # seconds to import: only when a config is read
 
     path = resolve_model_path(cfg.name)
     try:  # the local copy first: a run whose activations are cached may be offline
-        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        return AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception:
         try:
-            hf_config = AutoConfig.from_pretrained(path)
+            return AutoConfig.from_pretrained(path)
         except Exception:  # not reachable now: the model load reports it when the model is needed
             return None
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
-        value = getattr(hf_config, attr, None)
+
+
+def _first_int(config, attrs: tuple[str, ...]) -> int | None:
+    for attr in attrs:
+        value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
+    return None
+
+
+def max_context(cfg: ModelConfig) -> int | None:
+    """The model's maximum context from its Hugging Face config (no weights loaded); None if unknown here."""
+    config = hf_config(cfg)
+    if config is None:
+        return None
+    return _first_int(config, ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"))
+
+
+def configured_hook_width(cfg: ModelConfig) -> int | None:
+    """Width of the hooked activation from the model's config, before any weights load (for the run's plan);
+    None for a hook or a config this does not know."""
+    config = hf_config(cfg)
+    if config is None:
+        return None
+    hidden = _first_int(config, ("hidden_size", "n_embd", "d_model"))
+    if cfg.hook in ("hook_mlp_out", "hook_attn_out", "hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+        return hidden
+    if cfg.hook in ("mlp.hook_post", "mlp.hook_pre"):
+        neurons = _first_int(config, ("intermediate_size", "n_inner", "ffn_dim", "d_mlp"))
+        return neurons or (4 * hidden if hidden and getattr(config, "model_type", "") == "gpt2" else None)
     return None
 
 

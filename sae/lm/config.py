@@ -17,9 +17,13 @@ class ModelConfig:
     layer: int = MISSING
     # Hook point inside the block: "hook_mlp_out" (MLP output) or "mlp.hook_post" (MLP neurons after the nonlinearity).
     hook: str = "hook_mlp_out"
+    # "float32", "bfloat16", "float16", or "auto": the checkpoint's own dtype (bfloat16 for a bf16 checkpoint).
     dtype: str = "float32"
     device: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.layer >= 0, f"model.layer={self.layer} must be >= 0 (a block index).")
-        require(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r}: use float32 or bfloat16.")
+        require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            f"model.dtype={self.dtype!r}: use auto (the checkpoint's dtype), float32, bfloat16 or float16.",
+        )

@@ -168,11 +168,18 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     # The density histogram and the dead/ultralow fractions are computed over this many steps.
     density_window_steps: int = 500
+    # checkpoints/last.ckpt is written every N optimizer steps and every M minutes of training, whichever comes
+    # first (a fast GPU run takes thousands of steps a minute: the clock is what bounds the work a failure loses).
     checkpoint_every_n_steps: int = 500
+    checkpoint_every_minutes: float = 15.0  # 0: by steps only
     # Language-model CE evaluation (reconstruction score) every N steps; 0 = only at the end.
     eval_every_n_steps: int = 0
     eval_tokens: int = 4096
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # torch.set_float32_matmul_precision during training: "highest" (true float32), "high" (TF32 on NVIDIA
+    # GPUs since Ampere: several times the float32 rate, ~1e-3 relative error per product), or "medium".
+    # Harvesting always runs at "highest", so the activations and the cache do not depend on it.
+    float32_matmul_precision: str = "highest"
     progress_bar: bool = True
     # Held-out activations for the end-of-run L0 and explained variance (cheap: the forward stops at the hook).
     heldout_tokens: int = 16_384
@@ -189,7 +196,15 @@ class TrainerConfig:
         )
         for name in ("log_every_n_steps", "density_window_steps", "checkpoint_every_n_steps"):
             require(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)} must be >= 1.")
+        require(
+            self.checkpoint_every_minutes >= 0,
+            f"trainer.checkpoint_every_minutes={self.checkpoint_every_minutes} must be >= 0 (0 = by steps only).",
+        )
         require(self.threads >= 0, f"trainer.threads={self.threads} must be >= 0 (0 = torch's default).")
+        require(
+            self.float32_matmul_precision in ("highest", "high", "medium"),
+            f"trainer.float32_matmul_precision={self.float32_matmul_precision!r}: use highest (float32), high (TF32) or medium.",
+        )
         require(
             self.heldout_tokens >= 0,
             f"trainer.heldout_tokens={self.heldout_tokens} must be >= 0 (0 = no held-out L0 / explained variance).",
