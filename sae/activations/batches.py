@@ -4,30 +4,101 @@ From the cache: each pass over the cached tokens uses a fresh permutation (no to
 a pass), and the batch at step s depends only on (seed, s). Without a cache: activations stream
 from the model through the shuffle buffer, and the checkpoint holds the stream's position (pass,
 contexts read), the buffer's rows and generator state, and the rows not yet batched.
+
+Several DDP ranks train on one batch: every rank makes the same whole batch and keeps its own slice,
+`Shard` (rank r of N: rows [r·B/N, (r+1)·B/N)); together they see exactly the one-process batch, and the
+state to resume from is the whole stream's, the same on every rank. Streamed, the ranks share the model's
+work: rank r runs model batches r, r+N, ... and `chunks_of_all_ranks` hands every rank all of them in the
+stream's order, so every rank feeds the same shuffle buffer with what one process would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from sae.activations.cache import ActivationCache
 from sae.activations.harvest import ShuffleBuffer
 
 
-class CachedBatches:
-    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations."""
+@dataclass(frozen=True)
+class Shard:
+    """Rank `rank` of `ranks` takes rows [rank·B/ranks, (rank+1)·B/ranks) of every batch of B rows."""
 
-    def __init__(self, cache: ActivationCache, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
+    rank: int = 0
+    ranks: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.ranks:
+            raise ValueError(f"rank {self.rank} is not one of {self.ranks} ranks")
+
+    def check(self, batch_size: int) -> None:
+        if batch_size % self.ranks:
+            raise ValueError(
+                f"sae.batch_size={batch_size} does not split evenly between {self.ranks} processes "
+                "(trainer.devices × trainer.num_nodes): choose a multiple of it."
+            )
+
+    def rows(self, batch_size: int) -> slice:
+        size = batch_size // self.ranks
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+
+WHOLE_BATCH = Shard()  # a single process: every row
+
+
+def chunks_of_all_ranks(mine: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The stream of model batches whose every N-th one each of N ranks makes (`mine`: rank r's r-th, (r+N)-th, ...),
+    on every rank, in the stream's order: a round of all_gathers per N chunks. It ends where the first rank runs out.
+    """
+    ranks = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    while True:
+        chunk = next(mine, None)
+        shape = torch.tensor(list(chunk.shape) if chunk is not None else [-1, -1], device=device)
+        shapes = [torch.empty_like(shape) for _ in range(ranks)]
+        dist.all_gather(shapes, shape)
+        rows = [int(s[0]) for s in shapes]
+        width = max(int(s[1]) for s in shapes)
+        if width >= 0:
+            padded = torch.zeros(max(rows), width, device=device)
+            if chunk is not None:
+                padded[: len(chunk)] = chunk.to(device)
+            gathered = [torch.empty_like(padded) for _ in range(ranks)]
+            dist.all_gather(gathered, padded)
+            for n, rank_chunk in zip(rows, gathered, strict=True):
+                if n < 0:
+                    break
+                yield rank_chunk[:n].cpu()
+        if min(rows) < 0:
+            return
+
+
+class CachedBatches:
+    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations (`shard`'s rows of each)."""
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        start_step: int = 0,
+        shard: Shard = WHOLE_BATCH,
+    ):
         if batch_size > len(cache):
             raise ValueError(
                 f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): "
                 "lower it or raise activations.n_tokens."
             )
+        shard.check(batch_size)
         self.cache, self.batch_size, self.total_steps, self.seed = cache, batch_size, total_steps, seed
         self.start_step = start_step
         self.steps_per_pass = len(cache) // batch_size
+        self.shard = shard
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.cache), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
@@ -35,11 +106,12 @@ class CachedBatches:
     def __iter__(self) -> Iterator[torch.Tensor]:
         step = self.start_step
         perm_epoch, perm = -1, None
+        mine = self.shard.rows(self.batch_size)
         while step < self.total_steps:
             epoch, i = divmod(step, self.steps_per_pass)
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, self._permutation(epoch)
-            yield self.cache.rows(perm[i * self.batch_size : (i + 1) * self.batch_size])
+            yield self.cache.rows(perm[i * self.batch_size : (i + 1) * self.batch_size][mine])
             step += 1
 
 
@@ -63,7 +135,10 @@ class StreamedBatches:
         buffer_tokens: int,
         seed: int,
         state: dict | None = None,
+        shard: Shard = WHOLE_BATCH,
     ):
+        shard.check(batch_size)
+        self.shard = shard
         self.chunks_from, self.contexts_per_chunk = chunks_from, contexts_per_chunk
         self.batch_size, self.total_steps, self.buffer_tokens, self.seed = batch_size, total_steps, buffer_tokens, seed
         self.start = state or {"step": 0, "pass": 0, "contexts": 0, "rest": torch.empty(0), "buffer": None}
@@ -77,6 +152,7 @@ class StreamedBatches:
         buffer = self._buffer(pass_index)
         if self.start["buffer"] is not None:
             buffer.load_state_dict(self.start["buffer"])
+        mine = self.shard.rows(self.batch_size)
         while step < self.total_steps:
             fresh_pass = contexts == 0 and not buffer.state_dict()["chunks"]
             produced = False
@@ -93,7 +169,7 @@ class StreamedBatches:
                 while len(rest) >= self.batch_size and step < self.total_steps:
                     batch, rest, step = rest[: self.batch_size], rest[self.batch_size :], step + 1
                     self._note(step, pass_index, contexts, rest, buffer)
-                    yield batch
+                    yield batch[mine]
                 if step >= self.total_steps:
                     return
             if fresh_pass and not produced:

@@ -18,19 +18,30 @@ from sae.text.sources import DataConfig
 
 
 def harvest(
-    bridge, model_cfg: ModelConfig, data_cfg: DataConfig, batch_size: int, split: str = "train", skip_contexts: int = 0
+    bridge,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    batch_size: int,
+    split: str = "train",
+    skip_contexts: int = 0,
+    every: int = 1,
+    offset: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield [n_tokens, d] activations per model batch of `batch_size` contexts, BOS positions dropped.
 
     The forward stops at the hook's layer. `skip_contexts` starts later in the split: the skipped
-    contexts are tokenized again but never run through the model.
+    contexts are tokenized again but never run through the model. `every`, `offset`: only model
+    batches offset, offset + every, ... (of those after the skipped contexts), as one of `every`
+    DDP ranks harvests its share of the stream.
     """
     bos = bos_token_id(bridge)
     name = hook_name(model_cfg)
     contexts = iter_contexts(iter_texts(data_cfg, split), bridge.tokenizer, data_cfg.context_length, bos)
     contexts = itertools.islice(contexts, skip_contexts, None)
     device = bridge.cfg.device
-    for tokens in batched(contexts, batch_size):
+    for index, tokens in enumerate(batched(contexts, batch_size)):
+        if index % every != offset:
+            continue
         # Inference mode only around the forward: entered across a `yield`, it would stay on in the
         # consumer's code too (it is thread state), and a training step there would get no gradients.
         with torch.inference_mode():
