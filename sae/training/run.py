@@ -16,7 +16,7 @@ from sae.core.files import atomic_write_json
 from sae.formats.native import WEIGHTS
 from sae.lm.bridge import check_context_length, hook_name
 from sae.training.config import SAEConfig, TrainConfig
-from sae.training.identity import check_checkpoint, claim_run_dir, training_identity
+from sae.training.identity import RUN_CONFIG, check_checkpoint, claim_run_dir, training_identity
 
 SUMMARY = "summary.json"
 
@@ -33,19 +33,26 @@ def finished_summary(run_dir: Path) -> dict | None:
     return None
 
 
-def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | None:
+def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict, writer: bool = True) -> Path | None:
     """Before any work: this directory is this config's, the context fits the model, and the
-    checkpoint to resume from (returned, None to start fresh) is readable."""
+    checkpoint to resume from (returned, None to start fresh) is readable.
+
+    `writer`: this process claims the directory and sets an old checkpoint aside (under DDP, global rank 0).
+    The other ranks, started at the same time or later, only check, and reach the same decision.
+    """
     last = last_checkpoint(run_dir)
     finished = finished_summary(run_dir) is not None
-    claim_run_dir(run_dir, training_identity(resolved), has_progress=finished or last.exists())
+    has_progress = finished or last.exists()
+    if writer or has_progress or (run_dir / RUN_CONFIG).exists():
+        claim_run_dir(run_dir, training_identity(resolved), has_progress=has_progress)
     check_context_length(cfg.model, cfg.data.context_length)
     if not last.exists() or finished:
         return None
     if not cfg.trainer.resume:
-        kept = last.with_name(last.name + ".old")
-        last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
-        print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
+        if writer:
+            kept = last.with_name(last.name + ".old")
+            last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
+            print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
         return None
     check_checkpoint(last)
     return last
