@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.runs import REPO
 
 # One job's process: holds its slot for `hold` seconds and prints what it got and when.
@@ -26,10 +27,25 @@ with device_slot(Path(lock_dir), int(units), int(per_job), True, job, leader == 
 """
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_every_process():
+    """A test that fails leaves no job waiting for a slot."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start(lock_dir: Path, units: int, per_job: int, job: str, leader: bool = True, hold: float = 1.5) -> subprocess.Popen:
     args = [sys.executable, "-c", HOLD, str(lock_dir), str(units), str(per_job), job, "1" if leader else "0", str(hold)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    STARTED.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True))
+    return STARTED[-1]
 
 
 def result(proc: subprocess.Popen) -> dict:
