@@ -9,23 +9,21 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
+from support.ddp import assert_trained_alike
 from support.runs import REPO, TINY, read_json, script_env, train_tiny
-
-from sae.formats.native import WEIGHTS
 
 pytestmark = pytest.mark.slow
 
 # 50 steps, no evaluation (the tasks never load the language model: the cache is harvested before).
 RUN = [
     "logger=csv",
+    "sae.lr=1e-3",
     "trainer.accelerator=cpu",
     "trainer.threads=1",
     "sae.tokens=12800",
     "trainer.eval_tokens=0",
     "trainer.heldout_tokens=0",
 ]
-ATOL = 1e-4  # as tests/training/test_ddp.py: far below Adam's ~lr per step, far above float32 rounding
 
 
 def test_two_slurm_tasks_train_one_sae_as_one_process_does(slurm_cluster, tmp_path, activation_cache_dir):
@@ -58,10 +56,7 @@ def test_two_slurm_tasks_train_one_sae_as_one_process_does(slurm_cluster, tmp_pa
     everything = "".join(logs.values())
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in everything and "distributed_backend=gloo" in everything
 
-    ours, theirs = load_file(run / "sae" / WEIGHTS), load_file(one / "sae" / WEIGHTS)
-    for name in theirs:
-        diff = (ours[name].double() - theirs[name].double()).abs().max().item()
-        assert diff <= ATOL, f"{name} differs from the one-process run by {diff:.2e}"
+    assert_trained_alike(run, one, lr=1e-3, steps=50)
     a, b = read_json(run / "summary.json"), read_json(one / "summary.json")
     assert a["steps"] == b["steps"] == 50
     assert a["density/dead_fraction"] == b["density/dead_fraction"]

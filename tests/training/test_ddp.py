@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from support.ddp import assert_trained_alike
 from support.runs import STREAMED, assert_same_run, kill_after_first_checkpoint, read_json, run_script, train_tiny
-
-from sae.formats.native import WEIGHTS
 
 # 100 steps of 256 tokens; a strong L1 kills features, a 6-step (1,536-token) dead window lets resampling fire at
 # steps 40 and 80, on both sides of the checkpoint at step 50; density windows close at 50 and 100.
@@ -20,6 +18,7 @@ DDP = [
     "logger=csv",
     "trainer.accelerator=cpu",
     "trainer.threads=1",
+    "sae.lr=1e-3",
     "sae.tokens=25600",
     "sae.l1_coefficient=0.05",
     "sae.resample.healthy_density=2e-3",
@@ -28,10 +27,6 @@ DDP = [
     "sae.resample.at_tokens=[10240,20480]",
 ]
 TWO = [*DDP, "trainer.devices=2"]
-
-# Adam moves a weight by at most ~lr per step (1e-3 × 100 steps here); the two ways of summing a batch differ by
-# float32 rounding, ~1e-7 on these weights. Far below the first, far above the second.
-ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +41,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, activation_cache_
     one = tmp_path / "one"
     train_tiny(one, activation_cache_dir, *DDP, "trainer.devices=1")
 
-    ours, theirs = load_file(two_processes / "sae" / WEIGHTS), load_file(one / "sae" / WEIGHTS)
-    for name in theirs:
-        diff = (ours[name].double() - theirs[name].double()).abs().max().item()
-        assert diff <= ATOL, f"{name} differs from the one-process run by {diff:.2e}"
-
+    assert_trained_alike(two_processes, one, lr=1e-3, steps=100)
     a, b = read_json(two_processes / "summary.json"), read_json(one / "summary.json")
     assert a["steps"] == b["steps"] == 100 and a["tokens"] == b["tokens"] == 25600
     assert a["resample/events"] == b["resample/events"] == 2
@@ -85,10 +76,7 @@ def test_streamed_two_processes_share_the_harvest_train_as_one_and_resume_exactl
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     train_tiny(one, activation_cache_dir, *STREAMED, *cpu)
     train_tiny(two, activation_cache_dir, *STREAMED, *cpu, "trainer.devices=2")
-    ours, theirs = load_file(two / "sae" / WEIGHTS), load_file(one / "sae" / WEIGHTS)
-    for name in theirs:
-        diff = (ours[name].double() - theirs[name].double()).abs().max().item()
-        assert diff <= 10 * ATOL, f"{name} differs from the one-process run by {diff:.2e}"  # lr 1e-2 here
+    assert_trained_alike(two, one, lr=1e-2, steps=30)  # STREAMED's lr and steps
     a, b = read_json(two / "summary.json"), read_json(one / "summary.json")
     assert a["resample/events"] == b["resample/events"] == 2
     assert a["resample/total_resampled"] == b["resample/total_resampled"] > 0
