@@ -53,7 +53,7 @@ def special_row_index() -> int:
 
 
 def activations(architecture: str) -> torch.Tensor:
-    if architecture == "batchtopk":  # no ties: the selection over the shared batch is compared with one process's
+    if architecture in ("batchtopk", "relu-float64"):  # no ties: compared with one process's training
         return torch.randn(B, D, generator=torch.Generator().manual_seed(1))
     data = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(B, 1)
     data[special_row_index(), 0] = 1.0
@@ -73,22 +73,24 @@ class Data(L.LightningDataModule):
 
 
 def build(architecture: str):
+    float64 = architecture == "relu-float64"  # real steps, in float64: the ranks' gradients average to the batch's
+    architecture = architecture.removesuffix("-float64")
     k = {"relu": None, "topk": 2, "batchtopk": 2}[architecture]
     cfg = SAEConfig(
         architecture=architecture,
         expansion=2,
         k=k,
-        l1_coefficient=0.0,
-        lr=1e-9,  # the weights barely move: which latents fire is fixed by the construction below
+        l1_coefficient=1e-2 if float64 else 0.0,
+        lr=1e-2 if float64 else 1e-9,  # else the weights barely move: which latents fire is fixed by construction
         batch_size=B,
         tokens=B * STEPS,
         b_dec_init="zeros",
-        resample=ResampleConfig(enabled=architecture == "relu"),
+        resample=ResampleConfig(enabled=architecture == "relu" and not float64),
         seed=SEED,
     )
     torch.manual_seed(SEED)
     sae = build_sae(architecture, D, F, cfg.architecture_settings())
-    if architecture != "batchtopk":
+    if architecture != "batchtopk" and not float64:
         with torch.no_grad():
             sae.W_enc.zero_()
             sae.W_enc[0, 0] = 10.0  # latent 0: pre 10·x0 − 5, positive on the special row only
@@ -101,12 +103,13 @@ def main() -> None:
     out, architecture, devices = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     torch.set_num_threads(1)
     sae, cfg = build(architecture)
+    start = {name: t.tolist() for name, t in sae.state_dict().items()}
     module = SAETrainingModule(sae, cfg, log_every_n_steps=1)
     data = Data(Rows(activations(architecture)))
     density = FeatureDensityCallback(STEPS, out / "plots")
     callbacks: list[L.Callback] = [density]
     resampling = None
-    if architecture == "relu":
+    if cfg.resample.enabled:
         schedule = ResampleSchedule(steps=(STEPS,), dead_window=STEPS, window_tokens=STEPS * B, n_inputs=B, note="")
         resampling = NeuronResamplingCallback(schedule, data.resampling_inputs, 0.2, SEED)
         callbacks.append(resampling)
@@ -122,6 +125,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks,
+        precision="64-true" if architecture.endswith("float64") else "32-true",
     )
     trainer.fit(module, datamodule=data)
     record = {
@@ -129,6 +133,7 @@ def main() -> None:
         "world_size": trainer.world_size,
         "density": density.last_summary,
         "special_row": special_row_index(),
+        "start": start,
         "state": {name: t.tolist() for name, t in sae.state_dict().items()},
     }
     if resampling is not None:

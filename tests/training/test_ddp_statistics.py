@@ -82,3 +82,21 @@ def test_batchtopk_selects_over_the_batch_the_ranks_share(tmp_path):
     assert ranks[0]["density"] == pytest.approx(one["density"])  # k·B = 16 latents per batch in both
     assert_same_state(ranks[0]["state"], ranks[1]["state"], exact=True)
     assert_same_state(ranks[0]["state"], one["state"], exact=False)
+
+
+def test_in_float64_the_ranks_together_take_the_one_process_steps(tmp_path):
+    """Real Adam steps (lr 1e-2, an L1 penalty): the mean of the ranks' half-batch gradients is the batch's gradient,
+    so the weights agree to float64 rounding, far below the ~1e-2 a step moves them."""
+    one = fit(tmp_path, "relu-float64", 1)[0]
+    ranks = fit(tmp_path, "relu-float64", 2)
+    assert_same_state(ranks[0]["state"], ranks[1]["state"], exact=True)
+    moved = max((torch.tensor(v) - torch.tensor(one["start"][k])).abs().max().item() for k, v in one["state"].items())
+    assert moved > 1e-3
+    for name in one["state"]:
+        torch.testing.assert_close(
+            torch.tensor(ranks[0]["state"][name], dtype=torch.float64),
+            torch.tensor(one["state"][name], dtype=torch.float64),
+            atol=1e-12,
+            rtol=0,
+            msg=name,
+        )
