@@ -12,8 +12,9 @@ import torch
 from support.ddp import assert_trained_alike
 from support.runs import STREAMED, assert_same_run, kill_after_first_checkpoint, read_json, run_script, train_tiny
 
-# 100 steps of 256 tokens; a strong L1 kills features, a 6-step (1,536-token) dead window lets resampling fire at
-# steps 40 and 80, on both sides of the checkpoint at step 50; density windows close at 50 and 100.
+# 100 steps of 256 tokens; a strong L1 kills features, a 2-step (512-token) dead window (allowed by a healthy density
+# of 1e-2) lets resampling fire at steps 40 and 80, on both sides of the checkpoint at step 50; density windows close
+# at 50 and 100.
 DDP = [
     "logger=csv",
     "trainer.accelerator=cpu",
@@ -21,9 +22,9 @@ DDP = [
     "sae.lr=1e-3",
     "sae.tokens=25600",
     "sae.l1_coefficient=0.05",
-    "sae.resample.healthy_density=2e-3",
+    "sae.resample.healthy_density=1e-2",
     "sae.resample.scale_to_run=false",
-    "sae.resample.dead_window_tokens=1536",
+    "sae.resample.dead_window_tokens=512",
     "sae.resample.at_tokens=[10240,20480]",
 ]
 TWO = [*DDP, "trainer.devices=2"]
