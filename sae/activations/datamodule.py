@@ -24,7 +24,8 @@ SAMPLE_FOR_INIT = 8192
 class ActivationDataModule(L.LightningDataModule):
     """Activations for one run, from the on-disk cache (`activations.cache=true`) or streamed from the model.
 
-    With `lockstep` (a grouped sweep), the cache and the batches are shared with the group's other runs.
+    With `lockstep` (a grouped sweep), the cache and the batches are shared with the group's other runs. Under
+    DDP each rank gets its rows of every batch, and streamed, runs the model on its share of the model batches.
     """
 
     def __init__(
