@@ -155,7 +155,9 @@ def train_bare(init: SparseAutoencoder, cfg: SAEConfig, acts: torch.Tensor) -> t
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_decay_factor(step, steps, cfg.lr_decay_fraction)
         l1 = cfg.l1_coefficient * l1_warmup_factor(step, steps, cfg.l1_warmup_fraction)
-        loss = sae.loss(x, l1).total
+        terms = sae.loss(x, l1)
+        sae.observe_firing(terms.counted_fires(), len(x))  # TopK's dead-latent counters, as the trainer updates them
+        loss = terms.total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -202,7 +202,8 @@ def main() -> None:
                 "ratio": round(with_stop / without, 2),
             },
         ]
-        write_record(args.record, f"Training and harvest throughput, best of {args.repeats} interleaved repeats", rows, machine=machine)
+        title = f"Training and harvest throughput, best of {args.repeats} interleaved repeats"
+        write_record(args.record, title, rows, machine=machine)
 
 
 if __name__ == "__main__":

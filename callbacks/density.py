@@ -2,7 +2,9 @@
 
 A healthy run is bimodal (an ultralow cluster near 1e-7..1e-6, a main mode near 1e-5..1e-3).
 Logged to W&B as a `wandb.Histogram` and saved as a PNG in the run directory. The window's counts
-are this callback's state, checkpointed with it, so a resumed run closes the same windows.
+are this callback's state, checkpointed with it, so a resumed run closes the same windows. Under DDP the
+counts it receives are the whole batch's (summed over the ranks by the training module): every rank
+keeps the same window, and rank 0 alone plots and logs it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class FeatureDensityCallback(L.Callback):
         if self.fire_counts is None:
             self.fire_counts = torch.zeros_like(counts)
         self.fire_counts = self.fire_counts.to(counts.device) + counts
-        self.window_tokens += len(batch)
+        self.window_tokens += len(batch) * trainer.world_size  # the ranks' rows together: the whole batch
         final = trainer.global_step >= trainer.max_steps
         if final or trainer.global_step % self.window_steps == 0:
             self._close_window(trainer, final=final)
@@ -58,6 +60,8 @@ class FeatureDensityCallback(L.Callback):
         log_density = log10_density(counts, tokens)
         summary = density_summary(counts, tokens)
         self.last_summary = summary
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         path = plot_density_histogram(
             log_density.numpy(),

@@ -54,5 +54,5 @@ class TimeEstimate(L.Callback):
         if self.clock.done:
             return
         line = self.clock.step(trainer.global_step, time.monotonic())
-        if line:
+        if line and trainer.is_global_zero:  # one line per run, not one per DDP rank
             tqdm.write(line)  # above the progress bar, not through it

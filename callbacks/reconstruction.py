@@ -8,7 +8,9 @@
 
 The model loads lazily on first use, so runs that never evaluate never load it. The zero-ablated
 run's losses do not depend on the SAE: they are computed once per run, and the runs of a grouped
-sweep share them and the held-out activations through `shared(name, make)`.
+sweep share them and the held-out activations through `shared(name, make)`. Under DDP, rank 0 alone
+evaluates (the ranks hold the same SAE; the others never load the model): it runs no collective, so the
+other ranks simply wait for it at the next training step.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ class ReconstructionScoreCallback(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps:
+        if self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps and trainer.is_global_zero:
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
         self.evaluate(trainer, pl_module)
         if self.heldout_stats_tokens:
             self.heldout = self.heldout_statistics(pl_module.sae)

@@ -1,7 +1,9 @@
 """Dead-neuron resampling during training, on the recipe's token schedule (math in sae/resampling.py).
 
 The callback keeps its own state (steps since each feature last fired, the history of events) and
-checkpoints it, so a resumed run resamples exactly as an uninterrupted one would.
+checkpoints it, so a resumed run resamples exactly as an uninterrupted one would. Under DDP every rank
+sees the whole batch's fire counts, so all find the same dead features; rank 0 draws the new directions
+and sends them to the others, and every rank applies the same update (weights and Adam moments).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterable
 import lightning as L
 import torch
 
+from sae.training.ranks import check_in_sync
 from sae.training.resampling import ResampleSchedule, dead_features, resample_features_, sample_by_loss_squared
 
 
@@ -47,17 +50,21 @@ class NeuronResamplingCallback(L.Callback):
     def resample(self, trainer, pl_module, step: int) -> int:
         dead = dead_features(self.steps_since_fired, self.schedule.dead_window)
         if len(dead):
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            inputs = sample_by_loss_squared(
-                pl_module.sae,
-                self.input_batches(step),
-                len(dead),
-                self.schedule.n_inputs,
-                pl_module.l1_coefficient(),
-                generator,
-            )
+            inputs = None
+            if trainer.is_global_zero:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+                inputs = sample_by_loss_squared(
+                    pl_module.sae,
+                    self.input_batches(step),
+                    len(dead),
+                    self.schedule.n_inputs,
+                    pl_module.l1_coefficient(),
+                    generator,
+                )
+            inputs = trainer.strategy.broadcast(inputs, src=0)  # the same directions on every rank
             resample_features_(pl_module.sae, trainer.optimizers[0], dead, inputs, self.encoder_scale)
             self.steps_since_fired[dead] = 0  # give them a full window before they can be called dead again
+            check_in_sync(pl_module.sae, f"resampling at step {step}")
         n = len(dead)
         window = self.schedule.window_tokens
         self.history.append({"step": step, "resampled": n, "window_tokens": window})
@@ -68,7 +75,8 @@ class NeuronResamplingCallback(L.Callback):
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        print(f"step {step}: resampled {n} dead features (no fire in the last {window:,} tokens)")
+        if trainer.is_global_zero:
+            print(f"step {step}: resampled {n} dead features (no fire in the last {window:,} tokens)")
         return n
 
     def state_dict(self) -> dict:

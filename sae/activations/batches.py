@@ -8,20 +8,82 @@ contexts read), the buffer's rows and generator state, and the rows not yet batc
 Batches come out on the training device: for a GPU, cached rows are gathered into pinned host memory
 and copied without blocking (the next batch's gather overlaps the current step); streamed ones never
 leave the device. Lightning's own transfer then has nothing left to do.
+
+Several DDP ranks train on one batch: every rank makes the same whole batch and keeps its own slice,
+`Shard` (rank r of N: rows [r·B/N, (r+1)·B/N)); together they see exactly the one-process batch, and the
+state to resume from is the whole stream's, the same on every rank. Streamed, the ranks share the model's
+work: rank r runs model batches r, r+N, ... and `chunks_of_all_ranks` hands every rank all of them in the
+stream's order, so every rank feeds the same shuffle buffer with what one process would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from sae.activations.cache import ActivationCache
 from sae.activations.harvest import ShuffleBuffer
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rank `rank` of `ranks` takes rows [rank·B/ranks, (rank+1)·B/ranks) of every batch of B rows."""
+
+    rank: int = 0
+    ranks: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.ranks:
+            raise ValueError(f"rank {self.rank} is not one of {self.ranks} ranks")
+
+    def check(self, batch_size: int) -> None:
+        if batch_size % self.ranks:
+            raise ValueError(
+                f"sae.batch_size={batch_size} does not split evenly between {self.ranks} processes "
+                "(trainer.devices × trainer.num_nodes): choose a multiple of it."
+            )
+
+    def rows(self, batch_size: int) -> slice:
+        size = batch_size // self.ranks
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+
+WHOLE_BATCH = Shard()  # a single process: every row
+
+
+def chunks_of_all_ranks(mine: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The stream of model batches whose every N-th one each of N ranks makes (`mine`: rank r's r-th, (r+N)-th, ...),
+    on every rank, in the stream's order: a round of all_gathers per N chunks. It ends where the first rank runs out.
+    """
+    ranks = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    while True:
+        chunk = next(mine, None)
+        shape = torch.tensor(list(chunk.shape) if chunk is not None else [-1, -1], device=device)
+        shapes = [torch.empty_like(shape) for _ in range(ranks)]
+        dist.all_gather(shapes, shape)
+        rows = [int(s[0]) for s in shapes]
+        width = max(int(s[1]) for s in shapes)
+        if width >= 0:
+            padded = torch.zeros(max(rows), width, device=device)
+            if chunk is not None:
+                padded[: len(chunk)] = chunk.to(device)
+            gathered = [torch.empty_like(padded) for _ in range(ranks)]
+            dist.all_gather(gathered, padded)
+            for n, rank_chunk in zip(rows, gathered, strict=True):
+                if n < 0:
+                    break
+                yield rank_chunk[:n]  # on the GPU under NCCL, as a streamed chunk stays
+        if min(rows) < 0:
+            return
+
+
 class CachedBatches:
-    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations, on `device`."""
+    """Batches for steps [start_step, total_steps) drawn from a cache by per-pass permutations: `shard`'s rows of
+    each, on `device`."""
 
     # Pinned buffers in flight: the batch being trained on, the one Lightning prefetched, the one being gathered.
     PINNED_BUFFERS = 3
@@ -33,6 +95,7 @@ class CachedBatches:
         total_steps: int,
         seed: int,
         start_step: int = 0,
+        shard: Shard = WHOLE_BATCH,
         device: torch.device | str = "cpu",
     ):
         if batch_size > len(cache):
@@ -40,10 +103,12 @@ class CachedBatches:
                 f"sae.batch_size={batch_size} is larger than the cache ({len(cache)} tokens): "
                 "lower it or raise activations.n_tokens."
             )
+        shard.check(batch_size)
         self.cache, self.batch_size, self.total_steps, self.seed = cache, batch_size, total_steps, seed
         self.start_step = start_step
         self.steps_per_pass = len(cache) // batch_size
         self.device = torch.device(device)
+        self.shard = shard
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.cache), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
@@ -51,11 +116,12 @@ class CachedBatches:
     def _indices(self) -> Iterator[torch.Tensor]:
         step = self.start_step
         perm_epoch, perm = -1, None
+        mine = self.shard.rows(self.batch_size)
         while step < self.total_steps:
             epoch, i = divmod(step, self.steps_per_pass)
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, self._permutation(epoch)
-            yield perm[i * self.batch_size : (i + 1) * self.batch_size]
+            yield perm[i * self.batch_size : (i + 1) * self.batch_size][mine]
             step += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -69,7 +135,7 @@ class CachedBatches:
         """Rows gathered into a ring of pinned host buffers (in the cache's own dtype: half the bytes of float32
         for a float16 cache), each copied to the GPU without blocking and made float32 there. A buffer is
         written again only once its copy has completed."""
-        shape = (self.batch_size, self.cache.d)
+        shape = (self.batch_size // self.shard.ranks, self.cache.d)  # this rank's rows
         buffers = [torch.empty(shape, dtype=self.cache.storage_dtype, pin_memory=True) for _ in range(self.PINNED_BUFFERS)]
         copied: list[torch.cuda.Event | None] = [None] * self.PINNED_BUFFERS
         for n, index in enumerate(self._indices()):
@@ -103,7 +169,10 @@ class StreamedBatches:
         buffer_tokens: int,
         seed: int,
         state: dict | None = None,
+        shard: Shard = WHOLE_BATCH,
     ):
+        shard.check(batch_size)
+        self.shard = shard
         self.chunks_from, self.contexts_per_chunk = chunks_from, contexts_per_chunk
         self.batch_size, self.total_steps, self.buffer_tokens, self.seed = batch_size, total_steps, buffer_tokens, seed
         self.start = state or {"step": 0, "pass": 0, "contexts": 0, "rest": torch.empty(0), "buffer": None}
@@ -117,6 +186,7 @@ class StreamedBatches:
         buffer = self._buffer(pass_index)
         if self.start["buffer"] is not None:
             buffer.load_state_dict(self.start["buffer"])
+        mine = self.shard.rows(self.batch_size)
         while step < self.total_steps:
             fresh_pass = contexts == 0 and not buffer.state_dict()["chunks"]
             produced = False
@@ -134,7 +204,7 @@ class StreamedBatches:
                 while len(rest) >= self.batch_size and step < self.total_steps:
                     batch, rest, step = rest[: self.batch_size], rest[self.batch_size :], step + 1
                     self._note(step, pass_index, contexts, rest, buffer)
-                    yield batch
+                    yield batch[mine]
                 if step >= self.total_steps:
                     return
             if fresh_pass and not produced:

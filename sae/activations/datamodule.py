@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import lightning as L
 import torch
 
-from sae.activations.batches import CachedBatches, StreamedBatches
+from sae.activations.batches import WHOLE_BATCH, CachedBatches, Shard, StreamedBatches, chunks_of_all_ranks
 from sae.activations.cache import ActivationCache, build_cache
 from sae.activations.config import ActivationsConfig
 from sae.activations.harvest import ShuffleBuffer, auto_harvest_batch_size, harvest
@@ -24,7 +24,8 @@ SAMPLE_FOR_INIT = 8192
 class ActivationDataModule(L.LightningDataModule):
     """Activations for one run, from the on-disk cache (`activations.cache=true`) or streamed from the model.
 
-    With `lockstep` (a grouped sweep), the cache and the batches are shared with the group's other runs.
+    With `lockstep` (a grouped sweep), the cache and the batches are shared with the group's other runs. Under
+    DDP each rank gets its rows of every batch, and streamed, runs the model on its share of the model batches.
     """
 
     def __init__(
@@ -66,6 +67,20 @@ class ActivationDataModule(L.LightningDataModule):
     def _harvest_batch_size(self) -> int:
         return self.act_cfg.harvest_batch_size or auto_harvest_batch_size(self.bridge(), self.data_cfg.context_length)
 
+    def _chunks_shared_from(self, contexts: int, shard: Shard) -> Iterator[torch.Tensor]:
+        """The same stream under DDP: this rank runs the model on its share of the batches, and gets the others'."""
+        mine = harvest(
+            self.bridge(),
+            self.model_cfg,
+            self.data_cfg,
+            self.act_cfg.harvest_batch_size,
+            skip_contexts=contexts,
+            on_device=True,
+            every=shard.ranks,
+            offset=shard.rank,
+        )
+        return chunks_of_all_ranks(mine)
+
     def init_sample(self) -> torch.Tensor:
         """Activations for initialising the SAE (input scale, b_dec)."""
         if self.cached:
@@ -91,18 +106,20 @@ class ActivationDataModule(L.LightningDataModule):
         yield from self._chunks_from(self._batches.position(step))
         yield from self._chunks_from(0)
 
-    def _batches_from(self, start: int, stream_state: dict | None) -> CachedBatches | StreamedBatches:
+    def _batches_from(self, start: int, stream_state: dict | None, shard: Shard = WHOLE_BATCH) -> CachedBatches | StreamedBatches:
         if self.cached:
             device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
-            return CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start, device)
+            return CachedBatches(self.cache(), self.batch_size, self.total_steps, self.seed, start, shard=shard, device=device)
+        chunks_from = self._chunks_from if shard.ranks == 1 else lambda contexts: self._chunks_shared_from(contexts, shard)
         return StreamedBatches(
-            self._chunks_from,
+            chunks_from,
             self._harvest_batch_size(),
             self.batch_size,
             self.total_steps,
             self.act_cfg.buffer_tokens,
             self.seed,
             stream_state,
+            shard,
         )
 
     def train_dataloader(self):
@@ -112,7 +129,9 @@ class ActivationDataModule(L.LightningDataModule):
             build = lambda: self._batches_from(start, stream_state)
             self._batches = self.lockstep.register(start, self.total_steps, build)
         else:
-            self._batches = self._batches_from(start, stream_state)
+            # Under DDP (the strategy is set up before the loaders), this rank's rows of every batch.
+            shard = Shard(self.trainer.global_rank, self.trainer.world_size)
+            self._batches = self._batches_from(start, stream_state, shard)
         return self._batches
 
     def state_dict(self) -> dict:

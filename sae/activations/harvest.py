@@ -69,6 +69,8 @@ def harvest(
     split: str = "train",
     skip_contexts: int = 0,
     on_device: bool = False,
+    every: int = 1,
+    offset: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield [n_tokens, d] float32 activations per model batch of `batch_size` contexts, BOS positions dropped.
 
@@ -76,6 +78,8 @@ def harvest(
     contexts are tokenized again but never run through the model. `batch_size` None: sized to the device
     (`auto_harvest_batch_size`). `on_device`: keep the activations on the model's device (streamed training);
     otherwise they come to the host (the disk cache, statistics).
+    `every`, `offset`: only model batches offset, offset + every, ... (of those after the skipped contexts),
+    as one of `every` DDP ranks harvests its share of the stream.
     """
     bos = bos_token_id(bridge)
     name = hook_name(model_cfg)
@@ -83,7 +87,9 @@ def harvest(
     contexts = iter_contexts(iter_texts(data_cfg, split), bridge.tokenizer, data_cfg.context_length, bos)
     contexts = itertools.islice(contexts, skip_contexts, None)
     device = bridge.cfg.device
-    for tokens in batched(contexts, batch_size):
+    for index, tokens in enumerate(batched(contexts, batch_size)):
+        if index % every != offset:
+            continue
         # Inference mode only around the forward: entered across a `yield`, it would stay on in the
         # consumer's code too (it is thread state), and a training step there would get no gradients.
         with torch.inference_mode(), full_float32_precision():

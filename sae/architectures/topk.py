@@ -7,7 +7,8 @@
 As there: decoder rows at unit norm (the parallel gradient projected out before each step,
 renormalised after), W_enc = W_decᵀ at the start, b_dec at the geometric median (sae.b_dec_init).
 A latent is dead when it has not fired for `dead_tokens` training tokens; the counter is a
-buffer, so it is checkpointed with the weights and a resumed run continues it.
+buffer, so it is checkpointed with the weights and a resumed run continues it. The trainer updates
+it after each batch (`observe_firing`), from the whole batch's counts when several ranks share it.
 """
 
 from __future__ import annotations
@@ -86,14 +87,12 @@ class TopKSAE(SparseAutoencoder):
             # Without AuxK only the selected latents carry gradient: the sparse kernel applies.
             step = encode_decode(self, x, self.select, self.sparse_kernel)
             reconstruction = self.squared_error(x, step.x_hat).mean()
-            self._count_firing(step.features, len(x), step.fire_counts)
             return LossTerms.from_step(step, reconstruction)
         pre = self.pre_activation(x)
         f = self.select(pre)
         x_hat = self.decode(f)
         reconstruction = self.squared_error(x, x_hat).mean()
         auxiliary = self.auxk_loss(x, x_hat, pre) * self.settings.aux_coefficient
-        self._count_firing(f, len(x))
         return LossTerms(reconstruction + auxiliary, reconstruction, reconstruction.new_zeros(()), auxiliary, x_hat, f)
 
     def dead_mask(self) -> torch.Tensor:
@@ -111,10 +110,9 @@ class TopKSAE(SparseAutoencoder):
         return (residual - f_aux @ self.W_dec).float().pow(2).mean()
 
     @torch.no_grad()
-    def _count_firing(self, f: torch.Tensor, n_tokens: int, fire_counts: torch.Tensor | None = None) -> None:
-        """`fire_counts`, where the sparse products counted them, spares a pass over f."""
-        fired = fire_counts > 0 if fire_counts is not None else (f > 0).reshape(-1, self.n_features).any(dim=0)
-        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
+    def observe_firing(self, fire_counts: torch.Tensor, n_tokens: int) -> None:
+        """A latent's counter restarts when it fired in the batch and grows by the batch's tokens otherwise."""
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fire_counts > 0, 0)
 
     @property
     def unit_norm_decoder(self) -> bool:

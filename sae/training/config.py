@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -164,7 +165,10 @@ class SAEConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"
+    # Processes (one per GPU) training one SAE together with DDP, on each of `num_nodes` machines; each gets
+    # sae.batch_size / (devices × num_nodes) rows of every batch. Several nodes: through Slurm (hydra/launcher=slurm).
     devices: int = 1
+    num_nodes: int = 1
     log_every_n_steps: int = 50
     # The density histogram and the dead/ultralow fractions are computed over this many steps.
     density_window_steps: int = 500
@@ -188,12 +192,8 @@ class TrainerConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        require(self.devices >= 1, f"trainer.devices={self.devices} must be >= 1.")
-        require(
-            self.devices == 1,
-            f"trainer.devices={self.devices}: training on several devices is not supported (every device would see the same "
-            "batches); use trainer.devices=1 and run several SAEs side by side with --multirun instead.",
-        )
+        require(self.devices >= 1, f"trainer.devices={self.devices} must be >= 1 (processes per node, one per GPU).")
+        require(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} must be >= 1.")
         for name in ("log_every_n_steps", "density_window_steps", "checkpoint_every_n_steps"):
             require(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)} must be >= 1.")
         require(
@@ -214,6 +214,11 @@ class TrainerConfig:
             f"trainer.eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0 = only at the end).",
         )
         require(self.eval_tokens >= 0, f"trainer.eval_tokens={self.eval_tokens} must be >= 0 (0 = no reconstruction score).")
+
+    @property
+    def processes(self) -> int:
+        """DDP ranks training the one SAE: devices per node × nodes."""
+        return self.devices * self.num_nodes
 
 
 @dataclass
@@ -238,9 +243,15 @@ def _run_name(*, _root_: DictConfig) -> str:
     return run_name(_root_)
 
 
+def _gpu_count() -> int:
+    """GPUs this process sees: conf/hydra/launcher/local.yaml hands them all to its jobs."""
+    return torch.cuda.device_count()
+
+
 def register_configs() -> None:
     """Schemas for Hydra's defaults lists and the resolvers that format run names (exact values)."""
-    for name, fn in (("sci", number), ("si", tokens_label), ("slug", _slug), ("run_name", _run_name)):
+    resolvers = (("sci", number), ("si", tokens_label), ("slug", _slug), ("run_name", _run_name), ("sae_gpu_count", _gpu_count))
+    for name, fn in resolvers:
         OmegaConf.register_new_resolver(name, fn, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)

@@ -1,7 +1,9 @@
 """LightningModule: one optimizer step of SAE training and the recipe's schedules.
 
 `training_step` returns how often each feature fired in the batch; the density and resampling
-callbacks keep their own counts from it (and checkpoint them themselves).
+callbacks keep their own counts from it (and checkpoint them themselves). Under DDP each rank trains on
+its rows of the batch and the counts are summed over the ranks once, here, so every rank (and every
+callback) sees the whole batch's counts and keeps the same statistics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from sae.architectures import SparseAutoencoder
 from sae.evaluation.measures import explained_variance
 from sae.training.config import SAEConfig
+from sae.training.ranks import all_reduce_sum_, check_in_sync
 
 
 def l1_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
@@ -54,12 +57,9 @@ class SAETrainingModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         terms = self.sae.loss(batch, self.l1_coefficient())
         self.sparse_path_steps = [self.sparse_path_steps[0] + terms.sparse_path, self.sparse_path_steps[1] + 1]
-        fire_counts = terms.fire_counts
-        if fire_counts is None:  # the sparse products count them for free; a full pass over f otherwise
-            with torch.no_grad():
-                # Summed as int32 (exact below 2**31 inputs a batch): summing the mask to int64 first copies all of it to
-                # int64, which made this pass ~2.5x slower (bench/train_throughput.py).
-                fire_counts = (terms.features > 0).sum(dim=0, dtype=torch.int32).long()
+        # The sparse products count them for free; a full pass over f otherwise. Then summed over the ranks.
+        fire_counts = all_reduce_sum_(terms.counted_fires())
+        self.sae.observe_firing(fire_counts, batch.shape[0] * self.trainer.world_size)
         if self.global_step % self.log_every_n_steps == 0:
             self._log_step(batch, terms, fire_counts)
         return {"loss": terms.total, "fire_counts": fire_counts}
@@ -67,7 +67,7 @@ class SAETrainingModule(L.LightningModule):
     @torch.no_grad()
     def _log_step(self, batch, terms, fire_counts) -> None:
         """Written straight to the loggers every N steps: cheap, and no stale values repeated in between."""
-        l0 = fire_counts.sum() / batch.shape[0]
+        l0 = fire_counts.sum() / (batch.shape[0] * self.trainer.world_size)  # the whole batch's, as the counts
         metrics = {
             "train/loss": terms.total,
             "train/reconstruction_loss": terms.reconstruction,
@@ -93,15 +93,21 @@ class SAETrainingModule(L.LightningModule):
         self.last_metrics = checkpoint.get("last_metrics", {})
         self.sparse_path_steps = list(checkpoint.get("sparse_path_steps", [0, 0]))
 
-    def on_train_start(self) -> None:
-        self.trained_this_fit = True
-
     def on_fit_start(self) -> None:
         self._precision_before = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision(self.float32_matmul_precision)
+        # BatchTopK's selection spans the batch the ranks share (sae/architectures/batchtopk.py).
+        if hasattr(self.sae, "across_ranks"):
+            self.sae.across_ranks = self.trainer.world_size > 1
+
+    def on_train_start(self) -> None:
+        self.trained_this_fit = True
 
     def on_fit_end(self) -> None:
         torch.set_float32_matmul_precision(self._precision_before)
+
+    def on_train_end(self) -> None:
+        check_in_sync(self.sae, "training")  # DDP never re-syncs the weights: any drift between ranks is a bug
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.sae.before_optimizer_step_()

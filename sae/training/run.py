@@ -19,7 +19,14 @@ from sae.core.files import atomic_write_json
 from sae.formats.native import WEIGHTS
 from sae.lm.bridge import check_context_length, hook_name
 from sae.training.config import SAEConfig, TrainConfig
-from sae.training.identity import check_checkpoint, claim_run_dir, fresh_start, record_fresh_start, training_identity
+from sae.training.identity import (
+    RUN_CONFIG,
+    check_checkpoint,
+    claim_run_dir,
+    fresh_start,
+    record_fresh_start,
+    training_identity,
+)
 
 SUMMARY = "summary.json"
 
@@ -36,21 +43,28 @@ def finished_summary(run_dir: Path) -> dict | None:
     return None
 
 
-def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | None:
+def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict, writer: bool = True) -> Path | None:
     """Before any work: this directory is this config's, the context fits the model, and the
-    checkpoint to resume from (returned, None to start fresh) is readable."""
+    checkpoint to resume from (returned, None to start fresh) is readable.
+
+    `writer`: this process claims the directory and sets an old checkpoint aside (under DDP, global rank 0).
+    The other ranks, started at the same time or later, only check, and reach the same decision.
+    """
     last = last_checkpoint(run_dir)
     finished = finished_summary(run_dir) is not None
-    claim_run_dir(run_dir, training_identity(resolved), has_progress=finished or last.exists())
+    has_progress = finished or last.exists()
+    if writer or has_progress or (run_dir / RUN_CONFIG).exists():
+        claim_run_dir(run_dir, training_identity(resolved), has_progress=has_progress)
     check_context_length(cfg.model, cfg.data.context_length)
     if finished:
         return None
-    if not cfg.trainer.resume and not _keep_fresh_start(run_dir, last):
-        if last.exists():
-            kept = _aside(last)
-            last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
-            print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
-        record_fresh_start(run_dir)
+    if not cfg.trainer.resume and not _keep_fresh_start(run_dir, last, writer):
+        if writer:
+            if last.exists():
+                kept = _aside(last)
+                last.replace(kept)  # kept, not deleted; and Lightning would otherwise write last-v1.ckpt beside it
+                print(f"trainer.resume=false: starting over; the previous checkpoint is now {kept}")
+            record_fresh_start(run_dir)
         return None
     if not last.exists():
         return None
@@ -58,10 +72,11 @@ def start_up_checks(cfg: TrainConfig, run_dir: Path, resolved: dict) -> Path | N
     return last
 
 
-def _keep_fresh_start(run_dir: Path, last: Path) -> bool:
+def _keep_fresh_start(run_dir: Path, last: Path, writer: bool = True) -> bool:
     """trainer.resume=false starts a run over once: a rerun of the same command (a Slurm requeue, a restart after
     a kill) resumes the fresh run's own checkpoint, recorded as started over in run_config.json. A corrupt one
-    is started over again."""
+    is started over again. Another DDP rank, reading while rank 0 sets the old checkpoint aside, decides alike:
+    either way there is no checkpoint of the fresh run's own to resume."""
     started = fresh_start(run_dir)
     if started is None or not last.exists():
         return started is not None
@@ -69,10 +84,11 @@ def _keep_fresh_start(run_dir: Path, last: Path) -> bool:
         check_checkpoint(last)
     except ConfigError:
         return False
-    print(
-        f"trainer.resume=false: this run already started over at {started} (run_config.json: fresh_start); "
-        f"resuming its own checkpoint. To start over again, move {last.parent} away."
-    )
+    if writer:
+        print(
+            f"trainer.resume=false: this run already started over at {started} (run_config.json: fresh_start); "
+            f"resuming its own checkpoint. To start over again, move {last.parent} away."
+        )
     return True
 
 

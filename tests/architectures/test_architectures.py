@@ -277,6 +277,8 @@ def test_topk_loss_and_auxk_gradient_by_hand():
     alive = sae.loss(x, 0.0)  # nothing dead yet: no auxiliary loss
     torch.testing.assert_close(alive.reconstruction, torch.tensor(0.125))  # mean([0, 0.25])
     assert float(alive.auxiliary) == 0.0
+    assert sae.tokens_since_fired.tolist() == [0, 0, 0, 0]  # the trainer counts, after the loss
+    sae.observe_firing(alive.counted_fires(), len(x))
     assert sae.tokens_since_fired.tolist() == [0, 1, 1, 1]
 
     sae.zero_grad()
@@ -289,6 +291,7 @@ def test_topk_loss_and_auxk_gradient_by_hand():
     # AuxK trains the chosen dead latent only: d/dW_dec[1] = α · (ê − e) · 0.5
     torch.testing.assert_close(sae.W_dec.grad[1], torch.tensor([0.3, -0.1]) * 0.5 / 32)
     assert sae.W_dec.grad[2].abs().max() == 0 and sae.W_dec.grad[3].abs().max() == 0
+    sae.observe_firing(terms.counted_fires(), len(x))
     assert sae.tokens_since_fired.tolist() == [0, 6, 8, 1]
 
 

@@ -263,6 +263,7 @@ def test_topk_architectures_get_the_same_gradients_from_the_sparse_kernel(cls, s
                 b.copy_(state[name])
             sae.sparse_kernel = kernel
             terms = sae.loss(x, 0.0)
+            sae.observe_firing(terms.counted_fires(), len(x))  # the dead-latent counters, as the trainer updates them
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             sae.before_optimizer_step_()

@@ -77,6 +77,9 @@ def test_resolved_config_has_readable_run_name():
     assert OmegaConf.select(_compose(*TINY, "sae.betas=[0.9,0.999]"), "run_name") != name
 
 
-def test_devices_above_one_are_refused():
-    with pytest.raises(ConfigError, match="trainer.devices=2"):
-        to_objects(_compose("trainer.devices=2"), TrainConfig)
+def test_devices_and_nodes_count_the_processes_of_one_run():
+    cfg = to_objects(_compose("trainer.devices=4", "trainer.num_nodes=2"), TrainConfig)
+    assert cfg.trainer.processes == 8
+    for bad in ("trainer.devices=0", "trainer.num_nodes=0"):
+        with pytest.raises(ConfigError, match=bad):
+            to_objects(_compose(bad), TrainConfig)
