@@ -29,28 +29,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.machine import describe  # noqa: E402
+from bench.record import add_record_option, write_record  # noqa: E402
 from sae.activations.batches import CachedBatches, Shard  # noqa: E402
+from sae.activations.cache import InMemoryActivations  # noqa: E402
 from sae.architectures import build_sae  # noqa: E402
 from sae.training.cluster import TorchThreads, strategy  # noqa: E402
 from sae.training.config import ResampleConfig, SAEConfig  # noqa: E402
 from sae.training.module import SAETrainingModule  # noqa: E402
 
 
-class Rows:
-    """An in-memory activation cache (what CachedBatches reads)."""
-
-    def __init__(self, data: torch.Tensor):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data[index]
-
-
 class Data(L.LightningDataModule):
-    def __init__(self, cache: Rows, batch_size: int, steps: int):
+    def __init__(self, cache: InMemoryActivations, batch_size: int, steps: int):
         super().__init__()
         self.cache, self.batch_size, self.steps = cache, batch_size, steps
 
@@ -106,7 +95,7 @@ def worker(args: argparse.Namespace) -> None:
         callbacks=[clock, TorchThreads(threads)],
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=Data(Rows(data), args.batch_size, args.steps))
+    trainer.fit(module, datamodule=Data(InMemoryActivations(data), args.batch_size, args.steps))
     if trainer.is_global_zero:
         tokens = (args.steps - args.warmup) * args.batch_size
         weights = {k: v.detach().cpu() for k, v in module.sae.state_dict().items()}
@@ -142,11 +131,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process; 0: the CPUs split between them")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    add_record_option(ap)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
 
-    print(describe())
+    machine = describe()
+    print(machine)
     print(
         f"SAE {args.d}x{args.d * args.expansion} ({args.expansion}x), global batch {args.batch_size}, "
         f"{args.steps - args.warmup} timed steps after {args.warmup}, float32, kernel {args.kernel}, on {args.accelerator}"
@@ -154,6 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddp-scaling-") as tmp:
         results = {n: run(args, n, Path(tmp) / f"p{n}") for n in args.processes}
     base = results[args.processes[0]]
+    rows = []
     for n, r in results.items():
         diff = max((r["weights"][k].double() - base["weights"][k].double()).abs().max().item() for k in base["weights"])
         ratio = r["tokens_per_s"] / base["tokens_per_s"]
@@ -161,6 +153,19 @@ def main() -> None:
             f"{n} process{'es' if n > 1 else '  '} x {r['threads']} threads on {r['device']:8s}: "
             f"{r['tokens_per_s']:10,.0f} tokens/s  ratio {ratio:.2f}  (weights vs {args.processes[0]}: max |diff| {diff:.1e})"
         )
+        rows.append(
+            {
+                "processes": n,
+                "threads each": r["threads"],
+                "device": r["device"],
+                "tokens/s": round(r["tokens_per_s"]),
+                f"ratio to {args.processes[0]}": round(ratio, 2),
+                "max weight difference": f"{diff:.1e}",
+            }
+        )
+    if args.record:
+        title = f"DDP scaling: SAE {args.d}x{args.d * args.expansion}, global batch {args.batch_size:,}, on {args.accelerator}"
+        write_record(args.record, title, rows, machine=machine)
 
 
 if __name__ == "__main__":

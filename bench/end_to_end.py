@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe  # noqa: E402
+from bench.record import add_record_option, write_record  # noqa: E402
 from sae.activations.config import ActivationsConfig  # noqa: E402
 from sae.activations.datamodule import ActivationDataModule  # noqa: E402
 from sae.activations.harvest import auto_harvest_batch_size, harvest  # noqa: E402
@@ -169,10 +170,12 @@ def main() -> None:
     ap.add_argument("--cache-tokens", type=int, default=16384, help="the cache the cached runs read")
     ap.add_argument("--buffer-tokens", type=int, default=8192, help="the streamed runs' shuffle buffer")
     ap.add_argument("--accelerator", default="auto")
+    add_record_option(ap)
     args = ap.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one table, not each fit's banner
     warnings.filterwarnings("ignore", module="lightning")
-    print(describe())
+    machine = describe()
+    print(machine)
 
     model_cfg = ModelConfig(name=args.model, alias="bench", layer=args.layer, hook=args.hook, dtype=args.model_dtype)
     if args.data == "wiki_offline":
@@ -208,6 +211,7 @@ def main() -> None:
             f"{'expansion':>9} {'latents':>9} {'cached tok/s':>13} {'streamed tok/s':>15} {'streamed/cached':>16} "
             f"{'streamed/harvest':>17} {'SAE TFLOP/s':>12} {'of peak':>8}"
         )
+        rows = []
         for expansion in args.expansions:
             m = d * expansion
             cached_tps = training_rate(args, model_cfg, data_cfg, cached, bridge, expansion, sample)
@@ -218,6 +222,21 @@ def main() -> None:
                 f"{streamed_tps / harvest_tps:>17.3f} {flops / 1e12:>12.3g} {flops / peak:>8.1%}",
                 flush=True,
             )
+            rows.append(
+                {
+                    "expansion": f"{expansion}x",
+                    "latents": m,
+                    "cached (tokens/s)": round(cached_tps),
+                    "streamed (tokens/s)": round(streamed_tps),
+                    "harvest only (tokens/s)": round(harvest_tps),
+                    "streamed / harvest": round(streamed_tps / harvest_tps, 3),
+                    "SAE TFLOP/s": float(f"{flops / 1e12:.3g}"),
+                    "of peak": f"{flops / peak:.1%}",
+                }
+            )
+    if args.record:
+        title = f"End to end on {device}: {args.model} layer {args.layer} {args.hook}, SAE {args.dtype}, batch {args.batch_size}"
+        write_record(args.record, title, rows, notes=f"peak: {peak / 1e12:,.3g} TFLOP/s ({peak_source})", machine=machine)
 
 
 if __name__ == "__main__":

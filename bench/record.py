@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on 
 
 from bench.machine import describe  # noqa: E402
 from sae.core.files import atomic_write_json  # noqa: E402
+from sae.sweeps.report import mean_ci95, setting_key  # noqa: E402
 
 
 def add_record_option(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +130,50 @@ def run_row(run_dir: Path, evaluated: bool) -> dict[str, Any]:
     return row
 
 
+CORPUS_COLUMNS = {
+    "reconstruction_score": "recon. score",
+    "kl_score": "KL score",
+    "l0": "held-out L0",
+    "explained_variance": "expl. var.",
+    "ce_tokens": "CE tokens",
+}
+
+
+def corpus_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per evaluation corpus of a run (evaluate.py's eval/metrics_by_corpus.json), the training one first."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    corpora = json.loads((run_dir / "eval" / "metrics_by_corpus.json").read_text())["corpora"]
+    return [
+        {"run": summary.get("run_name", run_dir.name), "corpus": name}
+        | {column: _figure(key, metrics.get(key)) for key, column in CORPUS_COLUMNS.items()}
+        for name, metrics in corpora.items()
+    ]
+
+
+def seed_rows(runs_dir: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting trained with several seeds (runs that differ only by `sae.seed`, as the sweep report groups
+    them): each figure's mean ± the half-width of its 95% Student-t interval over the seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run_dir, row in zip(run_dirs, rows, strict=True):
+        groups.setdefault(setting_key(run_dir) or str(run_dir), []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        seeds = len(members)
+        row: dict[str, Any] = {"run": f"{members[0]['run'].rsplit('-', 1)[0]}: mean ± 95% interval over {seeds} seeds"}
+        for column in list(members[0])[1:]:
+            values = [m[column] for m in members if isinstance(m[column], (int, float)) and not isinstance(m[column], bool)]
+            if len(values) < seeds:
+                row[column] = None
+                continue
+            mean, half = mean_ci95([float(v) for v in values])
+            digits = 4 if abs(mean) < 10 else 1
+            row[column] = f"{mean:.{digits}f} ± {half:.{digits}f}"
+        out.append(row)
+    return out
+
+
 def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) -> Path:
     """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run."""
     multirun = "--multirun" in command or "-m" in command
@@ -146,7 +191,12 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) 
         raise SystemExit(f"python {shlex.join(command)} left no finished run (summary.json) under {runs_dir}.")
     for run_dir in run_dirs if evaluate else []:
         subprocess.run([sys.executable, "evaluate.py", f"sae_path={run_dir}", *evaluate], cwd=REPO, env=env, check=True)
-    rows = [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
+    if any((run_dir / "eval" / "metrics_by_corpus.json").exists() for run_dir in run_dirs):
+        rows = [row for run_dir in run_dirs for row in corpus_rows(run_dir)]  # evaluate.py eval_corpora=[...]
+    else:
+        rows = [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
+        if multirun:
+            rows += seed_rows(runs_dir, run_dirs, rows)
     title = f"{len(rows)} run{'s' * (len(rows) > 1)} of python {shlex.join(command)}"
     if evaluate:
         title += f", each evaluated with python evaluate.py sae_path=<run> {shlex.join(evaluate)}"

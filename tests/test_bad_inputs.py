@@ -39,6 +39,7 @@ ZERO_OK = {
     "sae.lr_decay_fraction",
     "sae.seed",
     "trainer.eval_every_n_steps",
+    "trainer.checkpoint_every_minutes",  # 0: by steps only
     "trainer.eval_tokens",
     "trainer.threads",
     "trainer.heldout_tokens",
@@ -282,7 +283,7 @@ def _assert_clean_failure(proc, *words: str) -> None:
         ("activations.harvest_batch_size=0", ["activations.harvest_batch_size=0"]),
         ("trainer.log_every_n_steps=0", ["trainer.log_every_n_steps=0"]),
         ("trainer.density_window_steps=-1", ["trainer.density_window_steps=-1"]),
-        ("trainer.devices=2", ["trainer.devices=2", "trainer.devices=1"]),
+        ("trainer.devices=3", ["sae.batch_size=256", "3 processes"]),  # DDP splits every batch evenly
         ("model.hook=hook_nonsense", ["model.hook", "hook_nonsense", "Valid hooks"]),
         ("data.context_length=1000000", ["data.context_length=1000000", "maximum context"]),
         ("sae.l1_coefficient=inf", ["sae.l1_coefficient=inf", "finite"]),  # the run name is made from it first

@@ -17,8 +17,8 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
+from bench.record import corpus_rows, run_row, seed_rows, write_record
 from bench.record import main as record_main
-from bench.record import run_row, write_record
 
 SET_UP_COMMANDS = (
     "bash scripts/setup.sh && .venv/bin/python train.py",
@@ -213,6 +213,58 @@ def test_a_training_run_becomes_one_row_of_its_summary_and_evaluation(tmp_path):
         "CE tokens (evaluate.py)": 16256,
         "held-out L0 (evaluate.py)": None,
         "expl. var. (evaluate.py)": None,
+    }
+
+
+def test_an_evaluation_on_several_corpora_becomes_one_row_per_corpus(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "summary.json").write_text(json.dumps({"run_name": "relu_x8-abc"}))
+    corpora = {
+        "wiki (training)": {"reconstruction_score": 0.88812, "kl_score": 0.8, "l0": 50.2, "explained_variance": 0.64},
+        "shakespeare": {
+            "reconstruction_score": 0.678,
+            "kl_score": 0.5,
+            "l0": 87.0,
+            "explained_variance": 0.39,
+            "ce_tokens": 16256,
+        },
+    }
+    (tmp_path / "eval" / "metrics_by_corpus.json").write_text(json.dumps({"sae_path": "x", "corpora": corpora}))
+    rows = corpus_rows(tmp_path)
+    assert [r["corpus"] for r in rows] == ["wiki (training)", "shakespeare"]
+    assert rows[0] == {
+        "run": "relu_x8-abc",
+        "corpus": "wiki (training)",
+        "recon. score": 0.8881,
+        "KL score": 0.8,
+        "held-out L0": 50.2,
+        "expl. var.": 0.64,
+        "CE tokens": None,
+    }
+    assert rows[1]["held-out L0"] == 87 and rows[1]["CE tokens"] == 16256
+
+
+def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tmp_path):
+    def run(name: str, seed: int, l1: float) -> Path:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        identity = {"model": {"layer": 6}, "sae": {"seed": seed, "l1_coefficient": l1}}
+        (run_dir / "run_config.json").write_text(json.dumps({"identity": identity}))
+        return run_dir
+
+    dirs = [run("a0", 0, 5.0), run("a1", 1, 5.0), run("a2", 2, 5.0), run("b0", 0, 1.0)]
+    scores = [0.80, 0.82, 0.84, 0.5]
+    rows = [
+        {"run": f"relu_x8-{d.name}", "recon. score": v, "steps": 10, "dead %": None} for d, v in zip(dirs, scores, strict=True)
+    ]
+    # one setting with three seeds; the lone run of the other setting gets no row
+    (row,) = seed_rows(tmp_path, dirs, rows)
+    half = 4.302653 * 0.02 / 3**0.5  # t(0.975, 2) x sd / sqrt(n)
+    assert row == {
+        "run": "relu_x8: mean ± 95% interval over 3 seeds",
+        "recon. score": f"0.8200 ± {half:.4f}",
+        "steps": "10.0 ± 0.0",
+        "dead %": None,
     }
 
 

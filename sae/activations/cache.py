@@ -101,6 +101,31 @@ class ActivationCache:
         return self.rows(torch.randperm(len(self), generator=g)[: min(n, len(self))])
 
 
+class InMemoryActivations:
+    """Activations already in memory, read as a finished cache is (in their own dtype): for benchmarks and tests
+    that need no harvest."""
+
+    def __init__(self, data: torch.Tensor):
+        self.data = data
+
+    @property
+    def d(self) -> int:
+        return self.data.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self.data[index]
+
+    def gather(self, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(self.data, 0, index, out=out)
+
+
 def build_cache(
     bridge_factory,
     model_cfg: ModelConfig,

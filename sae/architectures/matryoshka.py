@@ -96,7 +96,6 @@ class MatryoshkaSAE(BatchTopKSAE):
         reconstruction = torch.stack(errors).mean()
         x_hat = reconstructions[-1] / self.input_scale  # the whole dictionary's: decode(f)
         auxiliary = self.auxk_loss(x, x_hat, pre) * self.settings.aux_coefficient
-        self._count_firing(f, len(x))
         return LossTerms(reconstruction + auxiliary, reconstruction, reconstruction.new_zeros(()), auxiliary, x_hat, f)
 
     @torch.no_grad()

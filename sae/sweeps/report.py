@@ -244,6 +244,11 @@ def _setting_of(run_dir: Path, cfg: dict) -> Optional[str]:
     return identity_hash(identity)
 
 
+def setting_key(run_dir: Path) -> Optional[str]:
+    """The setting a run belongs to: the hash of its training config without the seed."""
+    return _setting_of(run_dir, _run_config(run_dir))
+
+
 def _run_config(run_dir: Path) -> dict:
     """The run's training config: resolved from sae/cfg.json when finished, else Hydra's record."""
     cfg_json = run_dir / "sae" / "cfg.json"

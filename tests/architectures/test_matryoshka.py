@@ -54,6 +54,8 @@ def test_loss_is_the_mean_of_every_prefixs_reconstruction_error_by_hand():
     torch.testing.assert_close(sae.W_dec.grad[3], torch.tensor([0.9, 0.2]) * 1.5 / 3)
     assert sae.W_dec.grad[1].abs().max() == 0 and sae.W_dec.grad[2].abs().max() == 0
     torch.testing.assert_close(sae.threshold, torch.tensor(1.5))  # BatchTopK's inference threshold: smallest kept
+    assert sae.tokens_since_fired.tolist() == [0, 0, 0, 0]  # the trainer counts, after the loss
+    sae.observe_firing(terms.counted_fires(), len(x))
     assert sae.tokens_since_fired.tolist() == [0, 1, 1, 0]
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 from callbacks.density import FeatureDensityCallback  # noqa: E402
 from callbacks.resampling import NeuronResamplingCallback  # noqa: E402
 from sae.activations.batches import CachedBatches, Shard  # noqa: E402
+from sae.activations.cache import InMemoryActivations  # noqa: E402
 from sae.architectures import build_sae  # noqa: E402
 from sae.training.cluster import strategy  # noqa: E402
 from sae.training.config import ResampleConfig, SAEConfig  # noqa: E402
@@ -32,22 +33,9 @@ from sae.training.resampling import ResampleSchedule  # noqa: E402
 D, F, B, STEPS, SEED = 4, 8, 8, 2, 0
 
 
-class Rows:
-    """What CachedBatches reads of an activation cache."""
-
-    def __init__(self, data: torch.Tensor):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data[index]
-
-
 def special_row_index() -> int:
     """A cache row that rank 1 of 2 takes at every step (each step is a pass of its own over the 8 rows)."""
-    batches = CachedBatches(Rows(torch.zeros(B, D)), B, STEPS, SEED)
+    batches = CachedBatches(InMemoryActivations(torch.zeros(B, D)), B, STEPS, SEED)
     second_half = [set(batches._permutation(epoch)[B // 2 :].tolist()) for epoch in range(STEPS)]
     return min(set.intersection(*second_half))
 
@@ -61,7 +49,7 @@ def activations(architecture: str) -> torch.Tensor:
 
 
 class Data(L.LightningDataModule):
-    def __init__(self, rows: Rows):
+    def __init__(self, rows: InMemoryActivations):
         super().__init__()
         self.cache = rows
 
@@ -105,7 +93,7 @@ def main() -> None:
     sae, cfg = build(architecture)
     start = {name: t.tolist() for name, t in sae.state_dict().items()}
     module = SAETrainingModule(sae, cfg, log_every_n_steps=1)
-    data = Data(Rows(activations(architecture)))
+    data = Data(InMemoryActivations(activations(architecture)))
     density = FeatureDensityCallback(STEPS, out / "plots")
     callbacks: list[L.Callback] = [density]
     resampling = None

@@ -15,22 +15,12 @@ import torch
 from support.runs import REPO
 
 from sae.activations.batches import CachedBatches, Shard, StreamedBatches
-
-
-class Rows:
-    def __init__(self, data: torch.Tensor):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data[index]
+from sae.activations.cache import InMemoryActivations
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_cached_shards_together_are_the_one_process_batch(ranks):
-    cache = Rows(torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)))
+    cache = InMemoryActivations(torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)))
     one = list(CachedBatches(cache, 96, 40, seed=3))  # 10 steps per pass: 4 passes
     shards = [list(CachedBatches(cache, 96, 40, 3, shard=Shard(r, ranks))) for r in range(ranks)]
     for step in range(40):
@@ -41,7 +31,7 @@ def test_cached_shards_together_are_the_one_process_batch(ranks):
 
 def test_a_batch_that_does_not_split_between_the_ranks_is_refused():
     with pytest.raises(ValueError, match="sae.batch_size=96 does not split evenly between 5 processes"):
-        CachedBatches(Rows(torch.zeros(1000, 8)), 96, 40, 3, shard=Shard(0, 5))
+        CachedBatches(InMemoryActivations(torch.zeros(1000, 8)), 96, 40, 3, shard=Shard(0, 5))
 
 
 def _chunks_from(total: int, rows: int = 7):
