@@ -14,7 +14,8 @@ Run as a script, it records the training runs of a `train.py` command (and, with
     python bench/record.py docs/results/seeds.json --evaluate "metrics.ce_tokens=16384" -- train.py --multirun +sweep=seeds
 
 The runs go to a fresh directory (--keep DIR keeps them) with a fresh activation cache, so the recorded wall
-time includes the harvest, as on a new machine.
+time includes the harvest, as on a new machine; --cache-dir DIR uses (and keeps) a cache directory instead,
+and the record's note says whether its caches were harvested before.
 """
 
 from __future__ import annotations
@@ -174,12 +175,15 @@ def seed_rows(runs_dir: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) 
     return out
 
 
-def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) -> Path:
-    """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run."""
+def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, cache_dir: Path | None = None) -> Path:
+    """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run.
+    `cache_dir`: an activation cache directory to use (and keep) rather than a fresh one in `work`."""
     multirun = "--multirun" in command or "-m" in command
     runs_dir = work / "runs"
     placement = [f"hydra.sweep.dir={runs_dir}" if multirun else f"hydra.run.dir={runs_dir / 'run'}"]
-    placement.append(f"activations.cache_dir={work / 'activations'}")
+    cache_dir = cache_dir or work / "activations"
+    harvested = cache_dir.is_dir() and any(cache_dir.glob("*/meta.json"))
+    placement.append(f"activations.cache_dir={cache_dir}")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     machine = describe()
     print(f"machine: {machine}\nrunning: python {shlex.join(command)}  (runs in {runs_dir})", flush=True)
@@ -200,7 +204,8 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path) 
     title = f"{len(rows)} run{'s' * (len(rows) > 1)} of python {shlex.join(command)}"
     if evaluate:
         title += f", each evaluated with python evaluate.py sae_path=<run> {shlex.join(evaluate)}"
-    notes = f"The training command took {seconds / 60:.1f} min in all, from an empty activation cache."
+    start_from = "with activation caches harvested before" if harvested else "from an empty activation cache"
+    notes = f"The training command took {seconds / 60:.1f} min in all, {start_from}."
     return write_record(out, title, rows, notes=notes, machine=machine)
 
 
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="the record to write, e.g. docs/results/default_run.json")
     parser.add_argument("--evaluate", default="", help="also run evaluate.py on each run with these overrides")
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
+    parser.add_argument("--cache-dir", type=Path, help="use this activation cache directory (default: a fresh one)")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
@@ -220,10 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = shlex.split(args.evaluate)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        record_runs(args.out, command, evaluate, args.keep.resolve())
+        record_runs(args.out, command, evaluate, args.keep.resolve(), args.cache_dir)
         return
     with tempfile.TemporaryDirectory(prefix="record-runs-") as work:
-        record_runs(args.out, command, evaluate, Path(work))
+        record_runs(args.out, command, evaluate, Path(work), args.cache_dir)
 
 
 if __name__ == "__main__":
