@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def seed_rows(runs_dir: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) 
         if len(members) < 2:
             continue
         seeds = len(members)
-        row: dict[str, Any] = {"run": f"{members[0]['run'].rsplit('-', 1)[0]}: mean ± 95% interval over {seeds} seeds"}
+        label = re.sub(r"_seed=\d+", "", members[0]["run"].rsplit("-", 1)[0])
+        row: dict[str, Any] = {"run": f"{label}: mean ± 95% interval over {seeds} seeds"}
         for column in list(members[0])[1:]:
             values = [m[column] for m in members if isinstance(m[column], (int, float)) and not isinstance(m[column], bool)]
             if len(values) < seeds:

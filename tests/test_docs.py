@@ -254,8 +254,10 @@ def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tm
 
     dirs = [run("a0", 0, 5.0), run("a1", 1, 5.0), run("a2", 2, 5.0), run("b0", 0, 1.0)]
     scores = [0.80, 0.82, 0.84, 0.5]
+    seeds = [0, 1, 2, 0]
     rows = [
-        {"run": f"relu_x8-{d.name}", "recon. score": v, "steps": 10, "dead %": None} for d, v in zip(dirs, scores, strict=True)
+        {"run": f"relu_x8_seed={seed}-{d.name}", "recon. score": v, "steps": 10, "dead %": None}
+        for d, v, seed in zip(dirs, scores, seeds, strict=True)
     ]
     # one setting with three seeds; the lone run of the other setting gets no row
     (row,) = seed_rows(tmp_path, dirs, rows)
