@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import build_callbacks
+from sae.activations.batches import Shard
 from sae.activations.datamodule import ActivationDataModule
 from sae.activations.lockstep import MemberBatches, MembersFailed, run_in_lockstep
 from sae.core.checks import output_dir_problem, require, to_objects
@@ -66,11 +67,7 @@ def train(
     Under DDP, every rank calls this; rank 0 returns the summary, the others None."""
     processes = cfg.trainer.processes
     writer = is_global_zero(cfg.trainer.devices)  # before fit, from the launcher's variables
-    require(
-        cfg.sae.batch_size % processes == 0,
-        f"sae.batch_size={cfg.sae.batch_size} does not split evenly between {processes} processes "
-        "(trainer.devices x trainer.num_nodes): choose a multiple of it.",
-    )
+    Shard(0, processes).check(cfg.sae.batch_size)  # at start-up, before any process is started
     last = start_up_checks(cfg, run_dir, resolved, writer=writer)
     done = finished_summary(run_dir)
     if done is not None:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from sae.activations.cache import ActivationCache
 from sae.activations.harvest import ShuffleBuffer
+from sae.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Shard:
 
     def check(self, batch_size: int) -> None:
         if batch_size % self.ranks:
-            raise ValueError(
+            raise ConfigError(
                 f"sae.batch_size={batch_size} does not split evenly between {self.ranks} processes "
                 "(trainer.devices × trainer.num_nodes): choose a multiple of it."
             )
