@@ -6,12 +6,14 @@ under its stamp (docs/hooks/results_tables.py), so a figure in the docs always s
     {"title": ..., "command": "python bench/...", "commit": "<sha>[-dirty]", "machine": describe(),
      "date": "2026-...Z", "rows": [{"column": value, ...}, ...], "notes": "..."}
 
-Run as a script, it records the training runs of a `train.py` command (and, with --evaluate, their
-`evaluate.py` metrics), running the command itself so that the stamp is the command's own:
+Run as a script, it records the training runs of a `train.py` command (and, with --evaluate, what `evaluate.py`
+measured of them: a multirun's runs in one `sweep_dir=` job, under one protocol), running the command itself so
+that the stamp is the command's own:
 
     python bench/record.py docs/results/default_run.json -- train.py
     python bench/record.py docs/results/architectures.json -- train.py --multirun +sweep=architectures sweep.grouped=true
     python bench/record.py docs/results/seeds.json --evaluate "metrics.ce_tokens=16384" -- train.py --multirun +sweep=seeds
+    python bench/record.py docs/results/lr_l1.json --evaluate "stage=all" -- train.py --multirun +sweep=lr_l1
 
 The runs go to a fresh directory (--keep DIR keeps them) with a fresh activation cache, so the recorded wall
 time includes the harvest, as on a new machine; --cache-dir DIR uses (and keeps) a cache directory instead,
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on 
 
 from bench.machine import describe  # noqa: E402
 from sae.core.files import atomic_write_json  # noqa: E402
-from sae.sweeps.report import mean_ci95, setting_key  # noqa: E402
+from sae.sweeps.report import build_report, mean_ci95, read_interp, setting_key  # noqa: E402
 
 
 def add_record_option(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +112,18 @@ EVALUATE_COLUMNS = {
     "l0": "held-out L0 (evaluate.py)",
     "explained_variance": "expl. var. (evaluate.py)",
 }
+# Shown only where the evaluation measured them (metrics.absorption_words > 0; stage=interp or all).
+ABSORPTION_COLUMNS = {
+    "absorption_absorption_fraction": "absorption %",
+    "absorption_full_absorption_rate": "full absorption rate",
+    "absorption_probe_f1": "letter probe F1",
+}
+INTERP_COLUMNS = {
+    "interp": "interp.",
+    "interp_ci_low": "interp. 95% low",
+    "interp_ci_high": "interp. 95% high",
+    "interp_control": "control",
+}
 
 
 def _figure(key: str, value: Any) -> Any:
@@ -129,6 +143,11 @@ def run_row(run_dir: Path, evaluated: bool) -> dict[str, Any]:
     if evaluated:
         metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
         row.update({column: _figure(key, metrics.get(key)) for key, column in EVALUATE_COLUMNS.items()})
+        if "absorption_absorption_fraction" in metrics:
+            row.update({column: _figure(key, metrics.get(key)) for key, column in ABSORPTION_COLUMNS.items()})
+        interp = read_interp(run_dir)
+        if interp:
+            row.update({column: _figure(key, interp.get(key)) for key, column in INTERP_COLUMNS.items()})
     return row
 
 
@@ -152,12 +171,13 @@ def corpus_rows(run_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def seed_rows(runs_dir: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def seed_rows(run_dirs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per setting trained with several seeds (runs that differ only by `sae.seed`, as the sweep report groups
-    them): each figure's mean ± the half-width of its 95% Student-t interval over the seeds."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    them), and per evaluation corpus when rows have one: each figure's mean ± the half-width of its 95% Student-t
+    interval over the seeds. `run_dirs[i]` is the run of `rows[i]`."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for run_dir, row in zip(run_dirs, rows, strict=True):
-        groups.setdefault(setting_key(run_dir) or str(run_dir), []).append(row)
+        groups.setdefault((setting_key(run_dir) or str(run_dir), row.get("corpus")), []).append(row)
     out = []
     for members in groups.values():
         if len(members) < 2:
@@ -168,13 +188,28 @@ def seed_rows(runs_dir: Path, run_dirs: list[Path], rows: list[dict[str, Any]]) 
         for column in list(members[0])[1:]:
             values = [m[column] for m in members if isinstance(m[column], (int, float)) and not isinstance(m[column], bool)]
             if len(values) < seeds:
-                row[column] = None
+                shared = {m[column] for m in members if isinstance(m[column], str)}
+                row[column] = shared.pop() if len(shared) == 1 and len(values) == 0 else None  # e.g. the corpus
                 continue
             mean, half = mean_ci95([float(v) for v in values])
             digits = 4 if abs(mean) < 10 else 1
             row[column] = f"{mean:.{digits}f} ± {half:.{digits}f}"
         out.append(row)
     return out
+
+
+def correlation_notes(runs_dir: Path) -> str:
+    """The sweep report's rank correlations of interpretability with the reconstruction score and L0, as prose."""
+    names = {"reconstruction_score": "reconstruction score", "l0": "held-out L0"}
+    parts = []
+    for key, result in build_report(runs_dir).correlations.items():
+        if result.get("spearman") is not None:
+            low, high = result["ci95"]
+            parts.append(
+                f"Spearman rank correlation of interpretability with {names[key]} across {result['n']} settings: "
+                f"{result['spearman']:.2f}, 95% bootstrap interval [{low:.2f}, {high:.2f}]."
+            )
+    return " ".join(parts)
 
 
 def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, cache_dir: Path | None = None) -> Path:
@@ -195,19 +230,29 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     run_dirs = sorted(p.parent for p in runs_dir.rglob("summary.json"))
     if not run_dirs:
         raise SystemExit(f"python {shlex.join(command)} left no finished run (summary.json) under {runs_dir}.")
-    for run_dir in run_dirs if evaluate else []:
+    start = time.perf_counter()
+    if evaluate and multirun:  # one job under one protocol: the model loaded once, the same units sampled
+        subprocess.run([sys.executable, "evaluate.py", f"sweep_dir={runs_dir}", *evaluate], cwd=REPO, env=env, check=True)
+    for run_dir in run_dirs if evaluate and not multirun else []:
         subprocess.run([sys.executable, "evaluate.py", f"sae_path={run_dir}", *evaluate], cwd=REPO, env=env, check=True)
-    if any((run_dir / "eval" / "metrics_by_corpus.json").exists() for run_dir in run_dirs):
-        rows = [row for run_dir in run_dirs for row in corpus_rows(run_dir)]  # evaluate.py eval_corpora=[...]
+    evaluate_seconds = time.perf_counter() - start
+    if any((run_dir / "eval" / "metrics_by_corpus.json").exists() for run_dir in run_dirs):  # eval_corpora=[...]
+        per_corpus = [(run_dir, row) for run_dir in run_dirs for row in corpus_rows(run_dir)]
+        row_dirs, rows = [d for d, _ in per_corpus], [row for _, row in per_corpus]
     else:
-        rows = [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
-        if multirun:
-            rows += seed_rows(runs_dir, run_dirs, rows)
-    title = f"{len(rows)} run{'s' * (len(rows) > 1)} of python {shlex.join(command)}"
+        row_dirs, rows = run_dirs, [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
+    if multirun:
+        rows += seed_rows(row_dirs, rows)
+    title = f"{len(run_dirs)} run{'s' * (len(run_dirs) > 1)} of python {shlex.join(command)}"
     if evaluate:
-        title += f", each evaluated with python evaluate.py sae_path=<run> {shlex.join(evaluate)}"
+        target = "in one job with python evaluate.py sweep_dir=<runs>" if multirun else "with python evaluate.py sae_path=<run>"
+        title += f", evaluated {target} {shlex.join(evaluate)}"
     start_from = "with activation caches harvested before" if harvested else "from an empty activation cache"
     notes = f"The training command took {seconds / 60:.1f} min in all, {start_from}."
+    if evaluate:
+        notes += f" The evaluation took {evaluate_seconds / 60:.1f} min."
+    if multirun and any("interp." in row for row in rows):
+        notes = f"{notes} {correlation_notes(runs_dir)}".strip()
     return write_record(out, title, rows, notes=notes, machine=machine)
 
 

@@ -260,7 +260,7 @@ def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tm
         for d, v, seed in zip(dirs, scores, seeds, strict=True)
     ]
     # one setting with three seeds; the lone run of the other setting gets no row
-    (row,) = seed_rows(tmp_path, dirs, rows)
+    (row,) = seed_rows(dirs, rows)
     half = 4.302653 * 0.02 / 3**0.5  # t(0.975, 2) x sd / sqrt(n)
     assert row == {
         "run": "relu_x8: mean ± 95% interval over 3 seeds",
@@ -268,6 +268,42 @@ def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tm
         "steps": "10.0 ± 0.0",
         "dead %": None,
     }
+
+
+def test_seeded_runs_on_several_corpora_get_a_row_of_means_per_corpus(tmp_path):
+    dirs = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"s{seed}"
+        run_dir.mkdir()
+        (run_dir / "run_config.json").write_text(json.dumps({"identity": {"sae": {"seed": seed}}}))
+        dirs.append(run_dir)
+    rows = [
+        {"run": f"relu_x8_seed={seed}-h{seed}", "corpus": corpus, "recon. score": score}
+        for seed, per_corpus in ((0, {"wiki": 0.9, "code": 0.5}), (1, {"wiki": 0.8, "code": 0.7}))
+        for corpus, score in per_corpus.items()
+    ]
+    row_dirs = [dirs[0], dirs[0], dirs[1], dirs[1]]
+    wiki, code = seed_rows(row_dirs, rows)
+    half = 12.706205 * (0.1 / 2**0.5) / 2**0.5  # t(0.975, 1) x sd / sqrt(n), sd of two values d apart = d / sqrt(2)
+    assert wiki == {"run": "relu_x8: mean ± 95% interval over 2 seeds", "corpus": "wiki", "recon. score": f"0.8500 ± {half:.4f}"}
+    assert code["corpus"] == "code" and code["recon. score"] == f"0.6000 ± {2 * half:.4f}"
+
+
+def test_an_evaluation_with_interpretability_and_absorption_adds_their_columns(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "summary.json").write_text(json.dumps({"run_name": "topk_x8-abc"}))
+    metrics = {"reconstruction_score": 0.85, "absorption_absorption_fraction": 0.0412, "absorption_full_absorption_rate": 0.02}
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    interp = {"spearman": {"mean": 0.41234, "ci95": [0.35, 0.47], "n_units": 32}, "control_spearman": {"mean": 0.0512}}
+    (tmp_path / "eval" / "interp_summary.json").write_text(json.dumps({"features": interp}))
+    row = run_row(tmp_path, evaluated=True)
+    assert row["absorption %"] == 4.12 and row["full absorption rate"] == 0.02 and row["letter probe F1"] is None
+    assert (row["interp."], row["interp. 95% low"], row["interp. 95% high"], row["control"]) == (0.4123, 0.35, 0.47, 0.0512)
+    bare = tmp_path / "bare"
+    (bare / "eval").mkdir(parents=True)
+    (bare / "summary.json").write_text(json.dumps({"run_name": "relu"}))
+    (bare / "eval" / "metrics.json").write_text(json.dumps({"reconstruction_score": 0.8}))
+    assert not {"absorption %", "interp."} & set(run_row(bare, evaluated=True))  # columns only where measured
 
 
 @pytest.mark.parametrize("argv", [["out.json"], ["out.json", "--", "evaluate.py", "sae_path=x"]])
