@@ -124,6 +124,8 @@ INTERP_COLUMNS = {
     "interp_ci_high": "interp. 95% high",
     "interp_control": "control",
 }
+# One run's own interval: a mean of its bounds over seeds would be neither run's interval nor the seeds'.
+PER_RUN_INTERVAL = {"interp. 95% low", "interp. 95% high"}
 
 
 def _figure(key: str, value: Any) -> Any:
@@ -171,6 +173,28 @@ def corpus_rows(run_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def training_data(run_dir: Path) -> str | None:
+    """The corpus a run trained on (`data.name`, else `data.source`), from the identity it recorded."""
+    try:
+        data = json.loads((run_dir / "run_config.json").read_text())["identity"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data.get("name") or data.get("source")
+
+
+def with_training_data(run_dirs: list[Path], rows: list[dict[str, Any]]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Where the runs trained on different corpora, which one each did (a `trained on` column after `run`),
+    the rows grouped by it: run names do not carry the data, so the rows could not be told apart."""
+    data = [training_data(run_dir) for run_dir in run_dirs]
+    if len(set(data)) < 2:
+        return run_dirs, rows
+    labelled = [
+        ({"run": row["run"], "trained on": d} | row, run_dir) for run_dir, row, d in zip(run_dirs, rows, data, strict=True)
+    ]
+    labelled.sort(key=lambda pair: str(pair[0]["trained on"]))  # stable: a run's corpus rows stay in order
+    return [run_dir for _, run_dir in labelled], [row for row, _ in labelled]
+
+
 def seed_rows(run_dirs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per setting trained with several seeds (runs that differ only by `sae.seed`, as the sweep report groups
     them), and per evaluation corpus when rows have one: each figure's mean ± the half-width of its 95% Student-t
@@ -187,6 +211,9 @@ def seed_rows(run_dirs: list[Path], rows: list[dict[str, Any]]) -> list[dict[str
         row: dict[str, Any] = {"run": f"{label}: mean ± 95% interval over {seeds} seeds"}
         for column in list(members[0])[1:]:
             values = [m[column] for m in members if isinstance(m[column], (int, float)) and not isinstance(m[column], bool)]
+            if column in PER_RUN_INTERVAL:
+                row[column] = None
+                continue
             if len(values) < seeds:
                 shared = {m[column] for m in members if isinstance(m[column], str)}
                 row[column] = shared.pop() if len(shared) == 1 and len(values) == 0 else None  # e.g. the corpus
@@ -224,6 +251,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     machine = describe()
     print(f"machine: {machine}\nrunning: python {shlex.join(command)}  (runs in {runs_dir})", flush=True)
+    finished_before = {p.parent for p in runs_dir.rglob("summary.json")}  # a kept directory's earlier runs
     start = time.perf_counter()
     subprocess.run([sys.executable, *command, *placement], cwd=REPO, env=env, check=True)
     seconds = time.perf_counter() - start
@@ -241,6 +269,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
         row_dirs, rows = [d for d, _ in per_corpus], [row for _, row in per_corpus]
     else:
         row_dirs, rows = run_dirs, [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
+    row_dirs, rows = with_training_data(row_dirs, rows)
     if multirun:
         rows += seed_rows(row_dirs, rows)
     title = f"{len(run_dirs)} run{'s' * (len(run_dirs) > 1)} of python {shlex.join(command)}"
@@ -249,6 +278,8 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
         title += f", evaluated {target} {shlex.join(evaluate)}"
     start_from = "with activation caches harvested before" if harvested else "from an empty activation cache"
     notes = f"The training command took {seconds / 60:.1f} min in all, {start_from}."
+    if reused := len(finished_before & set(run_dirs)):
+        notes += f" {reused} of the {len(run_dirs)} runs had finished in {work} before it, so that time leaves them out."
     if evaluate:
         notes += f" The evaluation took {evaluate_seconds / 60:.1f} min."
     if multirun and any("interp." in row for row in rows):

@@ -17,7 +17,7 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
-from bench.record import corpus_rows, run_row, seed_rows, write_record
+from bench.record import corpus_rows, run_row, seed_rows, with_training_data, write_record
 from bench.record import main as record_main
 
 SET_UP_COMMANDS = (
@@ -256,7 +256,7 @@ def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tm
     scores = [0.80, 0.82, 0.84, 0.5]
     seeds = [0, 1, 2, 0]
     rows = [
-        {"run": f"relu_x8_seed={seed}-{d.name}", "recon. score": v, "steps": 10, "dead %": None}
+        {"run": f"relu_x8_seed={seed}-{d.name}", "recon. score": v, "steps": 10, "dead %": None, "interp. 95% low": v / 2}
         for d, v, seed in zip(dirs, scores, seeds, strict=True)
     ]
     # one setting with three seeds; the lone run of the other setting gets no row
@@ -267,6 +267,7 @@ def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tm
         "recon. score": f"0.8200 ± {half:.4f}",
         "steps": "10.0 ± 0.0",
         "dead %": None,
+        "interp. 95% low": None,  # one run's own interval is not averaged over seeds
     }
 
 
@@ -287,6 +288,31 @@ def test_seeded_runs_on_several_corpora_get_a_row_of_means_per_corpus(tmp_path):
     half = 12.706205 * (0.1 / 2**0.5) / 2**0.5  # t(0.975, 1) x sd / sqrt(n), sd of two values d apart = d / sqrt(2)
     assert wiki == {"run": "relu_x8: mean ± 95% interval over 2 seeds", "corpus": "wiki", "recon. score": f"0.8500 ± {half:.4f}"}
     assert code["corpus"] == "code" and code["recon. score"] == f"0.6000 ± {2 * half:.4f}"
+
+
+def test_runs_trained_on_different_corpora_say_which_and_get_means_per_corpus(tmp_path):
+    def run(seed: int, data: dict) -> Path:
+        run_dir = tmp_path / f"{data.get('name') or data['source']}{seed}"
+        run_dir.mkdir()
+        identity = {"data": data, "sae": {"seed": seed}}
+        (run_dir / "run_config.json").write_text(json.dumps({"identity": identity}))
+        return run_dir
+
+    wiki, mixed = {"source": "wiki_offline", "name": None}, {"source": "packaged", "name": "mixed"}
+    dirs = [run(0, mixed), run(0, wiki), run(1, mixed), run(1, wiki)]  # run names sort by hash, not by data
+    rows = [{"run": f"relu_x8_seed={i // 2}-h{i}", "recon. score": score} for i, score in enumerate([0.7, 0.9, 0.8, 0.8])]
+    row_dirs, labelled = with_training_data(dirs, rows)
+    assert [(row["run"], row["trained on"]) for row in labelled] == [
+        ("relu_x8_seed=0-h0", "mixed"),
+        ("relu_x8_seed=1-h2", "mixed"),
+        ("relu_x8_seed=0-h1", "wiki_offline"),
+        ("relu_x8_seed=1-h3", "wiki_offline"),
+    ]
+    assert list(labelled[0]) == ["run", "trained on", "recon. score"]
+    means = {row["trained on"]: row["recon. score"] for row in seed_rows(row_dirs, labelled)}
+    assert means["mixed"].startswith("0.7500 ± ") and means["wiki_offline"].startswith("0.8500 ± ")
+    same = dirs[0::2]  # runs on one corpus: no column
+    assert with_training_data(same, rows[0::2]) == (same, rows[0::2])
 
 
 def test_an_evaluation_with_interpretability_and_absorption_adds_their_columns(tmp_path):
