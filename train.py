@@ -1,6 +1,6 @@
 """Train a sparse autoencoder on one hook of a language model.
 
-    python train.py                                  # embedded default: SmolLM2-135M + Wikipedia, offline
+    python train.py                                  # embedded default: SmolLM2-135M + mixed text, offline
     python train.py model=distilgpt2 data=pile       # the reference set-up (needs the internet)
     python train.py --multirun +sweep=smoke          # a sweep (see sweeps/)
 

@@ -26,6 +26,7 @@ NATIVE, SAELENS, SPARSIFY = "native", "saelens", "sparsify"
 FOREIGN = (SAELENS, SPARSIFY)
 CONFIG = "cfg.json"
 WEIGHTS = {NATIVE: "sae.safetensors", SAELENS: "sae_weights.safetensors", SPARSIFY: "sae.safetensors"}
+PACKAGED = "packaged"  # data.source of the corpora of sae/text/packaged.py, written as packaged:<name>
 SPARSITY = "sparsity.safetensors"  # SAELens: {"sparsity": log10 feature density}
 # The SAELens release whose `cfg.json` layout this writes (its 6.x layout: model and hook under "metadata");
 # tests/test_saelens_compat.py loads the export with that release.
@@ -88,6 +89,8 @@ def _provenance(cfg: dict) -> dict:
     train = cfg.get("train_config") or {}
     data = train.get("data") or {}
     dataset = data.get("path") or (",".join(data["files"]) if data.get("files") else data.get("source"))
+    if data.get("source") == PACKAGED:  # the corpus's name is what finds the text again
+        dataset = f"{PACKAGED}:{data.get('name')}"
     return {
         "model_name": cfg.get("model"),
         "hook_name": cfg.get("hook_name"),
@@ -182,11 +185,13 @@ def _run_config(model: str | None, layer: int | None, hook: str | None, dataset:
         alias = model.split(":")[-1].split("/")[-1]
         run["model"] = {"name": model, "alias": alias, "layer": layer, "hook": hook}
     if dataset:
-        data = (
-            {"source": "wiki_offline", "alias": "wiki"}
-            if dataset == "wiki_offline"
-            else {"source": "hf", "alias": dataset.split("/")[-1], "path": dataset}
-        )
+        if dataset == "wiki_offline":
+            data = {"source": "wiki_offline", "alias": "wiki"}
+        elif dataset.startswith(f"{PACKAGED}:"):
+            name = dataset.removeprefix(f"{PACKAGED}:")
+            data = {"source": PACKAGED, "alias": name, "name": name}
+        else:
+            data = {"source": "hf", "alias": dataset.split("/")[-1], "path": dataset}
         run["data"] = data | ({"context_length": int(context_size)} if context_size else {})
     return run
 

@@ -320,7 +320,7 @@ def test_export_of_a_trained_run_with_sparsity_from_cache_then_from_evaluation(r
     torch.testing.assert_close(load_file(tmp_path / "from_eval" / "sparsity.safetensors")["sparsity"], from_cache)
 
     cfg = read_json(tmp_path / "from_eval" / "cfg.json")
-    assert cfg["metadata"]["context_size"] == 64 and cfg["metadata"]["dataset_path"] == "wiki_offline"
+    assert cfg["metadata"]["context_size"] == 64 and cfg["metadata"]["dataset_path"] == "packaged:mixed"
     loaded, loaded_cfg = load_foreign(tmp_path / "from_eval")
     # What evaluate.py and the interp stage read to find the model and text: the run's own settings.
     trained = read_json(run_2024 / "sae" / "cfg.json")["train_config"]
@@ -328,7 +328,7 @@ def test_export_of_a_trained_run_with_sparsity_from_cache_then_from_evaluation(r
     for export_dir in ("from_eval", "sparsify"):
         run_cfg = load_foreign(tmp_path / export_dir)[1]["train_config"]
         assert run_cfg["model"] == {k: trained["model"][k] for k in ("name", "alias", "layer", "hook")}
-        assert run_cfg["data"] == {k: trained["data"][k] for k in ("source", "alias", "context_length")}
+        assert run_cfg["data"] == {k: trained["data"][k] for k in ("source", "alias", "name", "context_length")}
     from sae.export.write import run_activation_cache
 
     x = run_activation_cache(load_sae(run_2024)[1]).sample(500)

@@ -19,7 +19,7 @@ def _compose(*overrides):
 
 def test_default_config_composes_to_typed_objects():
     cfg = to_objects(_compose(), TrainConfig)
-    assert cfg.model.name == "embedded:smollm2" and cfg.data.source == "wiki_offline"
+    assert cfg.model.name == "embedded:smollm2" and cfg.data.source == "packaged" and cfg.data.name == "mixed"
     assert cfg.sae.total_steps == cfg.sae.tokens // cfg.sae.batch_size
 
 
