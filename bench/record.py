@@ -41,7 +41,14 @@ sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on 
 
 from bench.machine import describe  # noqa: E402
 from sae.core.files import atomic_write_json  # noqa: E402
-from sae.sweeps.report import build_report, mean_ci95, read_interp, setting_key  # noqa: E402
+from sae.sweeps.report import (  # noqa: E402
+    build_report,
+    mean_ci95,
+    read_interp,
+    run_identity,
+    setting_key,
+    unnamed_differences,
+)
 
 
 def add_record_option(parser: argparse.ArgumentParser) -> None:
@@ -173,25 +180,17 @@ def corpus_rows(run_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def training_data(run_dir: Path) -> str | None:
-    """The corpus a run trained on (`data.name`, else `data.source`), from the identity it recorded."""
-    try:
-        data = json.loads((run_dir / "run_config.json").read_text())["identity"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return data.get("name") or data.get("source")
-
-
-def with_training_data(run_dirs: list[Path], rows: list[dict[str, Any]]) -> tuple[list[Path], list[dict[str, Any]]]:
-    """Where the runs trained on different corpora, which one each did (a `trained on` column after `run`),
-    the rows grouped by it: run names do not carry the data, so the rows could not be told apart."""
-    data = [training_data(run_dir) for run_dir in run_dirs]
-    if len(set(data)) < 2:
+def with_differences(run_dirs: list[Path], rows: list[dict[str, Any]]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Where runs of one name differ in settings the name does not show (the data, `sae.settings.*`), a
+    `differs in` column after `run`, the rows grouped by it: otherwise those rows could not be told apart."""
+    differences = unnamed_differences([run_identity(run_dir) for run_dir in run_dirs])
+    if not any(differences):
         return run_dirs, rows
     labelled = [
-        ({"run": row["run"], "trained on": d} | row, run_dir) for run_dir, row, d in zip(run_dirs, rows, data, strict=True)
+        ({"run": row["run"], "differs in": differs} | row, run_dir)
+        for run_dir, row, differs in zip(run_dirs, rows, differences, strict=True)
     ]
-    labelled.sort(key=lambda pair: str(pair[0]["trained on"]))  # stable: a run's corpus rows stay in order
+    labelled.sort(key=lambda pair: str(pair[0]["differs in"]))  # stable: a run's corpus rows stay in order
     return [run_dir for _, run_dir in labelled], [row for row, _ in labelled]
 
 
@@ -269,7 +268,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
         row_dirs, rows = [d for d, _ in per_corpus], [row for _, row in per_corpus]
     else:
         row_dirs, rows = run_dirs, [run_row(run_dir, bool(evaluate)) for run_dir in run_dirs]
-    row_dirs, rows = with_training_data(row_dirs, rows)
+    row_dirs, rows = with_differences(row_dirs, rows)
     if multirun:
         rows += seed_rows(row_dirs, rows)
     title = f"{len(run_dirs)} run{'s' * (len(run_dirs) > 1)} of python {shlex.join(command)}"

@@ -17,7 +17,7 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
-from bench.record import corpus_rows, run_row, seed_rows, with_training_data, write_record
+from bench.record import corpus_rows, run_row, seed_rows, with_differences, write_record
 from bench.record import main as record_main
 
 SET_UP_COMMANDS = (
@@ -290,29 +290,34 @@ def test_seeded_runs_on_several_corpora_get_a_row_of_means_per_corpus(tmp_path):
     assert code["corpus"] == "code" and code["recon. score"] == f"0.6000 ± {2 * half:.4f}"
 
 
-def test_runs_trained_on_different_corpora_say_which_and_get_means_per_corpus(tmp_path):
-    def run(seed: int, data: dict) -> Path:
-        run_dir = tmp_path / f"{data.get('name') or data['source']}{seed}"
+def test_runs_of_one_name_that_differ_in_unnamed_settings_say_how_and_get_their_own_means(tmp_path):
+    def run(seed: int, data: dict, threshold: float = 1.0) -> Path:
+        run_dir = tmp_path / f"{data.get('name') or data['source']}{seed}-{threshold}"
         run_dir.mkdir()
-        identity = {"data": data, "sae": {"seed": seed}}
+        identity = {"data": data, "sae": {"seed": seed, "settings": {"initial_threshold": threshold}}}
         (run_dir / "run_config.json").write_text(json.dumps({"identity": identity}))
         return run_dir
 
     wiki, mixed = {"source": "wiki_offline", "name": None}, {"source": "packaged", "name": "mixed"}
     dirs = [run(0, mixed), run(0, wiki), run(1, mixed), run(1, wiki)]  # run names sort by hash, not by data
     rows = [{"run": f"relu_x8_seed={i // 2}-h{i}", "recon. score": score} for i, score in enumerate([0.7, 0.9, 0.8, 0.8])]
-    row_dirs, labelled = with_training_data(dirs, rows)
-    assert [(row["run"], row["trained on"]) for row in labelled] == [
-        ("relu_x8_seed=0-h0", "mixed"),
-        ("relu_x8_seed=1-h2", "mixed"),
-        ("relu_x8_seed=0-h1", "wiki_offline"),
-        ("relu_x8_seed=1-h3", "wiki_offline"),
+    row_dirs, labelled = with_differences(dirs, rows)
+    on_mixed, on_wiki = "data.name=mixed, data.source=packaged", "data.name=None, data.source=wiki_offline"
+    assert [(row["run"], row["differs in"]) for row in labelled] == [
+        ("relu_x8_seed=0-h1", on_wiki),
+        ("relu_x8_seed=1-h3", on_wiki),
+        ("relu_x8_seed=0-h0", on_mixed),
+        ("relu_x8_seed=1-h2", on_mixed),
     ]
-    assert list(labelled[0]) == ["run", "trained on", "recon. score"]
-    means = {row["trained on"]: row["recon. score"] for row in seed_rows(row_dirs, labelled)}
-    assert means["mixed"].startswith("0.7500 ± ") and means["wiki_offline"].startswith("0.8500 ± ")
+    assert list(labelled[0]) == ["run", "differs in", "recon. score"]
+    means = {row["differs in"]: row["recon. score"] for row in seed_rows(row_dirs, labelled)}
+    assert means[on_mixed].startswith("0.7500 ± ") and means[on_wiki].startswith("0.8500 ± ")
     same = dirs[0::2]  # runs on one corpus: no column
-    assert with_training_data(same, rows[0::2]) == (same, rows[0::2])
+    assert with_differences(same, rows[0::2]) == (same, rows[0::2])
+    # A setting the name leaves out, swept on one corpus (JumpReLU's starting threshold).
+    dirs = [run(0, wiki, 1.3), run(0, wiki, 2.0)]
+    _, labelled = with_differences(dirs, rows[:2])
+    assert [row["differs in"] for row in labelled] == ["sae.settings.initial_threshold=1.3", "sae.settings.initial_threshold=2"]
 
 
 def test_an_evaluation_with_interpretability_and_absorption_adds_their_columns(tmp_path):

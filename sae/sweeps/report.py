@@ -43,7 +43,7 @@ from sae.core.checks import config_from_dict
 from sae.core.tracking import LoggerConfig, build_logger, finish, log_results
 from sae.sweeps.report_plots import write_plots
 from sae.training.config import register_configs
-from sae.training.identity import RUN_CONFIG, identity_hash, number, training_identity
+from sae.training.identity import RUN_CONFIG, identity_hash, number, run_label, training_identity
 
 COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "run": ("run", "{}"),
@@ -52,6 +52,7 @@ COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "lr": ("lr", number),
     "tokens": ("tokens", "{:,}"),
     "seed": ("seed", "{}"),
+    "differs in": ("differs_in", "{}"),
     "L0": ("l0", "{:.1f}"),
     "recon. score": ("reconstruction_score", "{:.3f}"),
     "KL score": ("kl_score", "{:.3f}"),
@@ -63,7 +64,8 @@ COLUMNS_MD = {  # report.md column -> (row field, format string or function)
     "control": ("interp_control", "{:.3f}"),
     "status": ("status", "{}"),
 }
-OPTIONAL_MD = ("recon. score", "KL score", "absorption", "interp. [95%]", "control")  # shown when some run has a value
+# Shown when some run has a value.
+OPTIONAL_MD = ("differs in", "recon. score", "KL score", "absorption", "interp. [95%]", "control")
 
 EVAL_METRICS = "eval/metrics.json"
 SUMMARY = "summary.json"
@@ -100,6 +102,8 @@ class RunRow:
     lr: Optional[float] = None
     tokens: Optional[int] = None  # the training budget (sae.tokens)
     seed: Optional[int] = None
+    # Settings the run name does not show, where runs of the same name differ in them: "key=value, ...".
+    differs_in: Optional[str] = None
     setting: Optional[str] = None  # hash of the training config without the seed: same setting, other seed
     steps: Optional[int] = None
     l0: Optional[float] = None
@@ -215,6 +219,7 @@ def aggregate(rows: list[RunRow]) -> list[Setting]:
             values = [getattr(r, metric) for r in members if getattr(r, metric) is not None]
             mean[metric], ci[metric] = mean_ci95(values) if values else (None, None)
         label = members[0].run.rsplit("-", 1)[0].replace(f"_seed={members[0].seed}", "")
+        label += f" ({members[0].differs_in})" if members[0].differs_in else ""
         settings.append(Setting(key, label, members, mean, ci))
         for r in members:
             r.n_seeds = len(members)
@@ -232,12 +237,43 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(d for d in found if d != sweep_dir and not skip & set(d.relative_to(sweep_dir).parts))
 
 
-def _setting_of(run_dir: Path, cfg: dict) -> Optional[str]:
-    """Hash of the run's training identity without its seed (run_config.json, else the resolved config)."""
+def run_identity(run_dir: Path, cfg: Optional[dict] = None) -> Optional[dict]:
+    """The training identity the run recorded (run_config.json), else one rebuilt from its resolved config."""
     record = run_dir / RUN_CONFIG
     identity = json.loads(record.read_text()).get("identity") if record.exists() else None
     if identity is None and (run_dir / "sae" / "cfg.json").exists():
-        identity = json.loads(json.dumps(training_identity(cfg), default=str))
+        resolved = _run_config(run_dir) if cfg is None else cfg
+        identity = json.loads(json.dumps(training_identity(resolved), default=str))
+    return identity or None
+
+
+def _flat(node: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def unnamed_differences(identities: list[Optional[dict]]) -> list[Optional[str]]:
+    """Per run, the settings in which it differs from runs of the same readable name (`run_label`), as
+    "key=value, ..."; None where no such setting. A run name carries the usual knobs only, so runs of a sweep over
+    the data or `sae.settings.*` would share a name, and tables could not tell them apart without this."""
+    flats = [_flat(identity) if identity else {} for identity in identities]
+    labels = [run_label(identity.get("sae", {})) if identity else None for identity in identities]
+    differing: dict[str, list[str]] = {}
+    for label in {label for label in labels if label is not None}:
+        members = [flat for flat, other in zip(flats, labels, strict=True) if other == label]
+        keys = set().union(*members)
+        differing[label] = sorted(k for k in keys if len({json.dumps(m.get(k), default=str) for m in members}) > 1)
+    return [
+        ", ".join(f"{key}={number(flat.get(key))}" for key in differing[label]) or None if label is not None else None
+        for flat, label in zip(flats, labels, strict=True)
+    ]
+
+
+def _setting_of(run_dir: Path, cfg: dict) -> Optional[str]:
+    """Hash of the run's training identity without its seed (run_config.json, else the resolved config)."""
+    identity = run_identity(run_dir, cfg)
     if not identity:
         return None
     identity = {**identity, "sae": {k: v for k, v in identity.get("sae", {}).items() if k != "seed"}}
@@ -333,7 +369,10 @@ def read_run(run_dir: Path, sweep_dir: Path) -> RunRow:
 def collect(sweep_dir: str | Path) -> list[RunRow]:
     """Every run's row, with its setting's across-seed aggregates filled in."""
     sweep_dir = Path(sweep_dir)
-    rows = [read_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    run_dirs = find_run_dirs(sweep_dir)
+    rows = [read_run(d, sweep_dir) for d in run_dirs]
+    for row, differs_in in zip(rows, unnamed_differences([run_identity(d) for d in run_dirs]), strict=True):
+        row.differs_in = differs_in
     aggregate(rows)
     return rows
 

@@ -201,7 +201,30 @@ def test_report_aggregates_seeds_by_hand(tmp_path):
     assert float({r["run"]: r["l0_mean"] for r in csv_rows}["a_seed=2-h2"]) == 12.0
     md = report.markdown.read_text()
     assert "| 0,1,2 | 12.0 ± 5.0 | 0.830 ± 0.075 | 0.500 ± 0.000 |" in md
+    assert "differs in" not in md  # the names tell the runs apart
     assert (sweep / "report_plots" / "frontier.png").stat().st_size > 1000
+
+
+def test_report_names_the_settings_that_runs_of_one_name_differ_in(tmp_path):
+    """A sweep over a setting the run name leaves out (JumpReLU's starting threshold), two seeds each: the table
+    says which threshold each run had, and the seeds of one threshold form one setting."""
+    from sae.sweeps.report import build_report
+
+    sweep = tmp_path / "sweep"
+    base = {"recipe": "jumprelu", "expansion": 8, "l1_coefficient": 10.0, "lr": 5e-4, "tokens": 1000}
+    for threshold, l0s in ((1.3, (32.0, 30.0)), (2.0, (15.0, 13.0))):
+        for seed, l0 in enumerate(l0s):
+            sae = {**base, "seed": seed, "settings": {"initial_threshold": threshold}}
+            name = f"jumprelu_x8_seed={seed}-t{threshold}"
+            _fake_run(sweep, name, sae, {"eval/l0": l0, "eval/reconstruction_score": 0.8, "eval/explained_variance": 0.5})
+    report = build_report(sweep)
+    differs = {r.run: r.differs_in for r in report.rows}
+    assert differs["jumprelu_x8_seed=1-t1.3"] == "sae.settings.initial_threshold=1.3"
+    assert differs["jumprelu_x8_seed=0-t2.0"] == "sae.settings.initial_threshold=2"
+    md = report.markdown.read_text()
+    assert "| 0 | sae.settings.initial_threshold=1.3 | 32.0 |" in md
+    assert "(sae.settings.initial_threshold=1.3) | 0,1 | 31.0 ± " in md
+    assert "(sae.settings.initial_threshold=2) | 0,1 | 14.0 ± " in md
 
 
 def test_frontier_draws_one_curve_per_recipe(tmp_path, monkeypatch):
