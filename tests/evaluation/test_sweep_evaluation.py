@@ -166,12 +166,12 @@ def test_replayed_held_out_pass_gives_the_records_of_a_fresh_one(evaluated, tmp_
 def test_metrics_per_corpus_differ_and_resume(evaluated):
     _, runs = evaluated
     run = runs[1]
-    args = [f"sae_path={run}", *METRICS, "metrics.density_tokens=0", "eval_corpora=[shakespeare,code,wiki]"]
+    args = [f"sae_path={run}", *METRICS, "metrics.density_tokens=0", "eval_corpora=[shakespeare,code,mixed]"]
     first = run_script("evaluate.py", args, timeout=1800)
     table = read_json(run / "eval" / "metrics_by_corpus.json")["corpora"]
-    assert list(table) == ["wiki (training)", "shakespeare", "code"]  # wiki is the training data: one row
+    assert list(table) == ["mixed (training)", "shakespeare", "code"]  # mixed is the training data: one row
     training = read_json(run / "eval" / "metrics.json")
-    assert table["wiki (training)"]["reconstruction_score"] == training["reconstruction_score"]
+    assert table["mixed (training)"]["reconstruction_score"] == training["reconstruction_score"]
     for name in ("shakespeare", "code"):
         assert "[" + name + "] [spliced_loss] computing" in first.stdout
         assert list((run / "eval" / "parts" / "corpora").glob(f"{name}-*/heldout.json"))
