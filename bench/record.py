@@ -238,6 +238,16 @@ def correlation_notes(runs_dir: Path) -> str:
     return " ".join(parts)
 
 
+def harvest_note(caches_before: int, caches_harvested: int) -> str:
+    """Whether the recorded time includes harvesting activations: a cache directory kept from earlier records
+    may hold some of the caches a command needs and not others."""
+    if not caches_harvested:
+        return "with activation caches harvested before"
+    if not caches_before:
+        return "from an empty activation cache"
+    return f"harvesting {caches_harvested} of its activation caches (others were harvested before)"
+
+
 def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, cache_dir: Path | None = None) -> Path:
     """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run.
     `cache_dir`: an activation cache directory to use (and keep) rather than a fresh one in `work`."""
@@ -245,7 +255,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     runs_dir = work / "runs"
     placement = [f"hydra.sweep.dir={runs_dir}" if multirun else f"hydra.run.dir={runs_dir / 'run'}"]
     cache_dir = cache_dir or work / "activations"
-    harvested = cache_dir.is_dir() and any(cache_dir.glob("*/meta.json"))
+    caches_before = set(cache_dir.glob("*/meta.json"))
     placement.append(f"activations.cache_dir={cache_dir}")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     machine = describe()
@@ -254,6 +264,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     start = time.perf_counter()
     subprocess.run([sys.executable, *command, *placement], cwd=REPO, env=env, check=True)
     seconds = time.perf_counter() - start
+    caches_harvested = len(set(cache_dir.glob("*/meta.json")) - caches_before)
     run_dirs = sorted(p.parent for p in runs_dir.rglob("summary.json"))
     if not run_dirs:
         raise SystemExit(f"python {shlex.join(command)} left no finished run (summary.json) under {runs_dir}.")
@@ -275,8 +286,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     if evaluate:
         target = "in one job with python evaluate.py sweep_dir=<runs>" if multirun else "with python evaluate.py sae_path=<run>"
         title += f", evaluated {target} {shlex.join(evaluate)}"
-    start_from = "with activation caches harvested before" if harvested else "from an empty activation cache"
-    notes = f"The training command took {seconds / 60:.1f} min in all, {start_from}."
+    notes = f"The training command took {seconds / 60:.1f} min in all, {harvest_note(len(caches_before), caches_harvested)}."
     if reused := len(finished_before & set(run_dirs)):
         notes += f" {reused} of the {len(run_dirs)} runs had finished in {work} before it, so that time leaves them out."
     if evaluate:

@@ -17,7 +17,7 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
-from bench.record import corpus_rows, run_row, seed_rows, with_differences, write_record
+from bench.record import corpus_rows, harvest_note, run_row, seed_rows, with_differences, write_record
 from bench.record import main as record_main
 
 SET_UP_COMMANDS = (
@@ -242,6 +242,12 @@ def test_an_evaluation_on_several_corpora_becomes_one_row_per_corpus(tmp_path):
         "CE tokens": None,
     }
     assert rows[1]["held-out L0"] == 87 and rows[1]["CE tokens"] == 16256
+
+
+def test_the_note_says_whether_the_time_includes_harvesting_activations():
+    assert harvest_note(0, 1) == "from an empty activation cache"
+    assert harvest_note(2, 0) == "with activation caches harvested before"
+    assert harvest_note(2, 1) == "harvesting 1 of its activation caches (others were harvested before)"
 
 
 def test_runs_that_differ_by_seed_get_a_row_of_means_and_95_percent_intervals(tmp_path):

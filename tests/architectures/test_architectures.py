@@ -410,8 +410,8 @@ def test_new_architectures_train_through_train_py_and_load_as_themselves(tmp_pat
 
 
 def test_architectures_sweep_composes_at_one_budget_with_each_configurations_sparsity():
-    """`+sweep=architectures`: five configurations x five levels (and matryoshka when named); a level picks λ or k from
-    that configuration's ladder."""
+    """`+sweep=architectures`: six configurations x five levels; a level picks λ or k from that configuration's
+    ladder."""
     expected = {
         ("anthropic_2023", 0): 1e-2,
         ("anthropic_2023", 4): 2.5e-3,
@@ -432,3 +432,6 @@ def test_architectures_sweep_composes_at_one_budget_with_each_configurations_spa
         cfg = to_objects(raw, TrainConfig).sae
         assert cfg.recipe == recipe and cfg.tokens == 1_000_000
         assert (cfg.k if ARCHITECTURES[cfg.architecture].sparsity_knob == "k" else cfg.l1_coefficient) == value, (recipe, level)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        swept = compose(config_name="train", overrides=["+sweep=architectures"], return_hydra_config=True).hydra.sweeper.params
+    assert set(swept.sae.split(",")) == {recipe for recipe, _ in expected}  # every configuration is on the frontier
