@@ -43,7 +43,7 @@ from sae.core.tracking import build_logger, finish
 from sae.formats.native import save_sae
 from sae.lm.bridge import lazy_bridge
 from sae.sweeps.grouping import job_placement, load_members
-from sae.training.cluster import TorchThreads, cluster_plugins, strategy
+from sae.training.cluster import TorchThreads, cluster_plugins, leave_process_group, strategy
 from sae.training.config import TrainConfig, register_configs
 from sae.training.module import SAETrainingModule
 from sae.training.plan import run_plan
@@ -118,6 +118,7 @@ def train(
     if last is not None and writer:
         print(f"resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+    leave_process_group()
     if not trainer.is_global_zero:
         return None  # rank 0 writes the run's files
     if not module.trained_this_fit:  # resumed at the final step: Lightning skips the loop and its on_train_end

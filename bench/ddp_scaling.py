@@ -33,7 +33,7 @@ from bench.record import add_record_option, write_record  # noqa: E402
 from sae.activations.batches import CachedBatches, Shard  # noqa: E402
 from sae.activations.cache import InMemoryActivations  # noqa: E402
 from sae.architectures import build_sae  # noqa: E402
-from sae.training.cluster import TorchThreads, strategy  # noqa: E402
+from sae.training.cluster import TorchThreads, leave_process_group, strategy  # noqa: E402
 from sae.training.config import ResampleConfig, SAEConfig  # noqa: E402
 from sae.training.module import SAETrainingModule  # noqa: E402
 
@@ -96,6 +96,7 @@ def worker(args: argparse.Namespace) -> None:
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=Data(InMemoryActivations(data), args.batch_size, args.steps))
+    leave_process_group()
     if trainer.is_global_zero:
         tokens = (args.steps - args.warmup) * args.batch_size
         weights = {k: v.detach().cpu() for k, v in module.sae.state_dict().items()}

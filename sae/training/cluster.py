@@ -108,6 +108,15 @@ def strategy(processes: int) -> str | DDPStrategy:
     return DDPStrategy(**ddp_kwargs()) if processes > 1 else "auto"
 
 
+def leave_process_group() -> None:
+    """Each process leaves DDP's process group once its fit has ended. Lightning destroys an NCCL group at exit
+    but not a gloo one (CPU), whose worker threads are then torn down after Python's and can abort the finished
+    process (SIGABRT, "terminate called without an active exception"). Not after a failed fit: other ranks may
+    still be waiting on the group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class TorchThreads(L.Callback):
     """`trainer.threads` torch threads per process, applied again once the strategy is set up: Lightning's
     launcher sets cpu_count // processes per node when OMP_NUM_THREADS is unset, over a value set before."""

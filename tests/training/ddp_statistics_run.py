@@ -25,7 +25,7 @@ from callbacks.resampling import NeuronResamplingCallback  # noqa: E402
 from sae.activations.batches import CachedBatches, Shard  # noqa: E402
 from sae.activations.cache import InMemoryActivations  # noqa: E402
 from sae.architectures import build_sae  # noqa: E402
-from sae.training.cluster import strategy  # noqa: E402
+from sae.training.cluster import leave_process_group, strategy  # noqa: E402
 from sae.training.config import ResampleConfig, SAEConfig  # noqa: E402
 from sae.training.module import SAETrainingModule  # noqa: E402
 from sae.training.resampling import ResampleSchedule  # noqa: E402
@@ -116,6 +116,7 @@ def main() -> None:
         precision="64-true" if architecture.endswith("float64") else "32-true",
     )
     trainer.fit(module, datamodule=data)
+    leave_process_group()
     record = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
