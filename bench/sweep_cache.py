@@ -5,7 +5,9 @@
     python bench/sweep_cache.py --record docs/results/sweep_cache.json   # also a stamped record for the docs
 
 Shared: every run uses one `activations.cache_dir`, so the first job harvests and the rest read it.
-Per run: `activations.cache_dir=<dir>/${run_name}` gives each run its own cache, so each harvests.
+Per run: `activations.cache_dir=<dir>/${hydra:job.num}` gives each job its own cache, so each harvests. (Not
+`${run_name}`: the run name is computed from the config, `activations.cache_dir` included, so that would refer
+to itself.)
 Both sweeps start from empty caches and write to temporary directories; the repo's multirun/ is untouched.
 """
 
@@ -65,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-cache-bench-") as tmp:
         tmp = Path(tmp)
         shared = run_sweep(tmp / "shared", str(tmp / "shared" / "cache"), args.launcher, args.overrides)
-        per_run = run_sweep(tmp / "per_run", str(tmp / "per_run" / "cache") + "/${run_name}", args.launcher, args.overrides)
+        per_run = run_sweep(tmp / "per_run", str(tmp / "per_run" / "cache") + "/${hydra:job.num}", args.launcher, args.overrides)
         h_shared, h_per_run = harvests(tmp / "shared" / "cache"), harvests(tmp / "per_run" / "cache")
         if args.keep:
             shutil.copytree(tmp / "shared" / "sweep", args.keep, dirs_exist_ok=True)
