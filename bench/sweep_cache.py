@@ -6,8 +6,7 @@
 
 Shared: every run uses one `activations.cache_dir`, so the first job harvests and the rest read it.
 Per run: `activations.cache_dir=<dir>/${hydra:job.num}` gives each job its own cache, so each harvests. (Not
-`${run_name}`: the run name is computed from the config, `activations.cache_dir` included, so that would refer
-to itself.)
+`${run_name}`: the run name resolves the whole `activations` group, so the cache directory would refer to itself.)
 Both sweeps start from empty caches and write to temporary directories; the repo's multirun/ is untouched.
 """
 
