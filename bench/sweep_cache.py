@@ -5,8 +5,7 @@
     python bench/sweep_cache.py --record docs/results/sweep_cache.json   # also a stamped record for the docs
 
 Shared: every run uses one `activations.cache_dir`, so the first job harvests and the rest read it.
-Per run: `activations.cache_dir=<dir>/${hydra:job.num}` gives each job its own cache, so each harvests. (Not
-`${run_name}`: the run name resolves the whole `activations` group, so the cache directory would refer to itself.)
+Per run: `activations.cache_dir=<dir>/${hydra:job.num}` gives each job its own cache, so each harvests.
 Both sweeps start from empty caches and write to temporary directories; the repo's multirun/ is untouched.
 """
 

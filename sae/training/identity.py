@@ -41,10 +41,19 @@ def training_identity(cfg: Any) -> dict:
     for group in IDENTITY_GROUPS:
         node = cfg.get(group) if hasattr(cfg, "get") else None
         if isinstance(node, DictConfig):
-            node = OmegaConf.to_container(node, resolve=True)
-        if isinstance(node, dict):
+            identity[group] = {k: _resolved(node, k) for k in node if k not in NOT_IDENTITY[group]}
+        elif isinstance(node, dict):
             identity[group] = {k: v for k, v in node.items() if k not in NOT_IDENTITY[group]}
     return identity
+
+
+def _resolved(node: DictConfig, key: str) -> Any:
+    """One setting, resolved on its own: the settings left out may name the run (`cache_dir: /x/${run_name}`),
+    and resolving them here would recurse."""
+    if OmegaConf.is_missing(node, key):
+        return "???"
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def identity_hash(identity: dict, length: int = 8) -> str:

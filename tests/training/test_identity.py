@@ -11,10 +11,12 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from support.runs import TINY, read_json, run_script
 
 from sae.core.errors import ConfigError
+from sae.training.config import register_configs
 from sae.training.identity import (
     RUN_CONFIG,
     check_checkpoint,
@@ -202,3 +204,13 @@ def test_report_aggregates_the_seeds_of_each_setting(lr_seed_sweep):
     md = (sweep_dir / "report.md").read_text()
     assert "## Across seeds" in md and "| 0,1 |" in md
     assert (sweep_dir / "report_plots" / "frontier.png").stat().st_size > 1000
+
+
+def test_a_setting_outside_the_identity_may_name_the_run():
+    """`activations.cache_dir=/caches/${run_name}`: the name is made from the identity, which leaves the cache
+    directory out, so the two resolve without recursing, and the name is the one the plain config gets."""
+    register_configs()
+    cfg = OmegaConf.create({**_cfg(), "run_name": "${run_name:}"})
+    cfg.activations.cache_dir = "/caches/${run_name}"
+    assert cfg.run_name == run_name(_cfg())
+    assert cfg.activations.cache_dir == f"/caches/{cfg.run_name}"
