@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sae.core.errors import ConfigError
 from sae.core.files import atomic_write_text
@@ -51,7 +51,7 @@ def _resolved(node: DictConfig, key: str) -> Any:
     """One setting, resolved on its own: the settings left out may name the run (`cache_dir: /x/${run_name}`),
     and resolving them here would recurse."""
     if OmegaConf.is_missing(node, key):
-        return "???"
+        return MISSING
     value = node[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
