@@ -248,6 +248,11 @@ def harvest_note(caches_before: int, caches_harvested: int) -> str:
     return f"harvesting {caches_harvested} of its activation caches (others were harvested before)"
 
 
+def numbers_in_order(path: Path) -> list[str | int]:
+    """A sort key that reads the numbers in a run's name as numbers, so that `k=8` comes before `k=64`."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", path.name))]
+
+
 def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, cache_dir: Path | None = None) -> Path:
     """Run `python train.py ...` into `work`, evaluate its runs if asked, and record one row per run.
     `cache_dir`: an activation cache directory to use (and keep) rather than a fresh one in `work`."""
@@ -265,7 +270,7 @@ def record_runs(out: Path, command: list[str], evaluate: list[str], work: Path, 
     subprocess.run([sys.executable, *command, *placement], cwd=REPO, env=env, check=True)
     seconds = time.perf_counter() - start
     caches_harvested = len(set(cache_dir.glob("*/meta.json")) - caches_before)
-    run_dirs = sorted(p.parent for p in runs_dir.rglob("summary.json"))
+    run_dirs = sorted((p.parent for p in runs_dir.rglob("summary.json")), key=numbers_in_order)
     if not run_dirs:
         raise SystemExit(f"python {shlex.join(command)} left no finished run (summary.json) under {runs_dir}.")
     start = time.perf_counter()

@@ -17,7 +17,7 @@ import pytest
 from support.runs import REPO
 
 from bench.machine import describe
-from bench.record import corpus_rows, harvest_note, run_row, seed_rows, with_differences, write_record
+from bench.record import corpus_rows, harvest_note, numbers_in_order, run_row, seed_rows, with_differences, write_record
 from bench.record import main as record_main
 
 SET_UP_COMMANDS = (
@@ -165,6 +165,18 @@ def test_a_missing_record_is_not_measured_yet_and_without_a_command_fails(tmp_pa
         tables.render_markers("<!-- table: results/x.json -->\n", tmp_path)
     quoted = "The syntax is `<!-- table: results/x.json -->` in running text.\n"
     assert tables.render_markers(quoted, tmp_path) == quoted
+
+
+def test_recorded_runs_are_listed_in_the_order_of_the_numbers_in_their_names():
+    names = ["topk_x8_k=64_seed=0", "topk_x8_k=8_seed=1", "topk_x8_k=16_seed=0", "topk_x8_k=8_seed=0", "topk_x32_k=8_seed=0"]
+    ordered = sorted((Path("sweep") / name for name in names), key=numbers_in_order)
+    assert [p.name for p in ordered] == [
+        "topk_x8_k=8_seed=0",
+        "topk_x8_k=8_seed=1",
+        "topk_x8_k=16_seed=0",
+        "topk_x8_k=64_seed=0",
+        "topk_x32_k=8_seed=0",
+    ]
 
 
 def test_bench_records_carry_the_stamp_the_docs_read(tmp_path):
