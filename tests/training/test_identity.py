@@ -149,13 +149,12 @@ SMALL = [*TINY, "sae.tokens=12800", "trainer.heldout_tokens=4096", "trainer.thre
 
 
 @pytest.fixture(scope="module")
-def lr_seed_sweep(tmp_path_factory):
+def lr_seed_sweep(tmp_path_factory, activation_cache_dir):
     """python train.py --multirun sae.lr=2.5e-4,3.5e-4 sae.seed=0,1 (basic launcher, one process)."""
-    root = tmp_path_factory.mktemp("lr_seed")
-    sweep_dir = root / "sweep"
+    sweep_dir = tmp_path_factory.mktemp("lr_seed") / "sweep"
     args = ["--multirun", *SMALL, "sae.lr=2.5e-4,3.5e-4", "sae.seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
-    proc = run_script("train.py", args, root / "cache", timeout=1500)
-    return sweep_dir, args, root / "cache", proc
+    proc = run_script("train.py", args, activation_cache_dir, timeout=1500)
+    return sweep_dir, args, activation_cache_dir, proc
 
 
 @pytest.mark.slow
